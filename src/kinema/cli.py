@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name != module_name:  # a real missing dependency, not a subcommand still to come
+            if not (e.name and module_name.startswith(e.name)):  # a real missing dependency
                 raise
             continue
         module.register(sub)
