@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SAMPLERS = ("flow", "euler", "euler_a", "dpm++", "ddim", "pndm")
+# Sampler names; how each maps onto a diffusers scheduler: kinema/pipelines/schedulers.py.
+SAMPLERS = ("flow", "euler", "euler_a", "dpm++", "unipc", "ddim", "pndm")
 MEMORY_MODES = ("auto", "none", "model_offload", "sequential_offload", "fp8", "fp8_offload")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -50,7 +51,13 @@ class GenerationConfig:
     camera: str | None = _f(
         None, "camera preset (e.g. pan_left, zoom_in, pan_up+pan_left) or CameraCtrl pose file"
     )
-    memory_mode: str = _f("auto", "memory mode", choices=MEMORY_MODES)
+    chunk_frames: int | None = _f(
+        None, "long video: generate in I2V chunks of this many frames (4k+1; InP models), chained"
+    )
+    overlap_frames: int = _f(4, "long video: frames shared by consecutive chunks, cross-faded")
+    memory_mode: str = _f("auto", "memory mode (auto picks from a memory estimate)", choices=MEMORY_MODES)
+    vae_tiling: bool | None = _f(None, "decode/encode in 256 px tiles (default: when memory needs it)")
+    free_text_encoder: bool = _f(False, "free the text encoder after encoding the prompt (saves RAM)")
     dtype: str = _f("auto", "compute dtype (auto: bf16 on GPUs that have it, fp32 on CPU)", choices=DTYPES)
     lora: str | None = _f(None, "LoRA safetensors file")
     lora_weight: float = _f(1.0, "LoRA strength")
@@ -88,6 +95,22 @@ class GenerationConfig:
             raise ValueError("--end-image needs --image (the start frame)")
         if self.mask and not self.video:
             raise ValueError("--mask needs --video (the video to inpaint)")
+        if self.image and self.video:
+            raise ValueError("--image (I2V) and --video (V2V) cannot be combined")
+        if self.strength < 1.0 and not self.video:
+            raise ValueError(f"--strength {self.strength}: a strength below 1 needs --video (V2V)")
+        if not (0.0 <= self.guidance_rescale <= 1.0):
+            raise ValueError(f"--guidance-rescale {self.guidance_rescale}: must be in [0, 1]")
+        if self.fps < 1:
+            raise ValueError(f"--fps {self.fps}: must be >= 1")
+        if self.chunk_frames is not None:
+            if self.chunk_frames < 5 or (self.chunk_frames - 1) % 4:
+                raise ValueError(f"--chunk-frames {self.chunk_frames}: must be 4k+1 and >= 5")
+            if not (0 < self.overlap_frames < self.chunk_frames):
+                raise ValueError(f"--overlap-frames {self.overlap_frames}: must be in [1, --chunk-frames)")
+        given = [n for n in ("control_video", "trajectory", "camera") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError(f"--{given[0].replace('_', '-')} and --{given[1].replace('_', '-')} cannot be combined")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
@@ -106,6 +129,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         t = str(f.type)
+        if t.startswith("bool"):
+            # --flag / --no-flag; a None default means "decide automatically".
+            kw.pop("type", None)
+            kw["action"] = argparse.BooleanOptionalAction
+            parser.add_argument(flag, **kw)
+            continue
         if t.startswith("int"):
             kw["type"] = int
         elif t.startswith("float"):

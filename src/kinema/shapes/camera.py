@@ -1,0 +1,194 @@
+"""Camera model, CameraCtrl pose files and the image motion that poses induce.
+
+Conventions (OpenCV): camera x right, y down, looks along +z. Pixel coordinates used for tracks
+are pixel *indices* (x = column, y = row; pixel centres on integers, image centre at
+((W-1)/2, (H-1)/2)). CameraCtrl's continuous coordinates are index + 0.5.
+
+ShapesWorld camera: square pixels with focal length f = W pixels (normalised fx = 1, fy = W/H),
+principal point at the image centre, no rotation. The world is the plane Z = 1 (camera 0 sits at
+the origin). Camera t sits at C_t = (cx, cy, cz) so its world-to-camera matrix is [I | -C_t].
+Pan right = C_x grows (content moves left); pan up = C_y decreases (content moves down);
+zoom in = C_z grows towards the plane (content grows by 1 / (1 - C_z)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+POSE_HEADER = "https://kinema.invalid/shapesworld"
+
+
+@dataclass
+class CameraPoses:
+    """Per-frame CameraCtrl camera: normalised intrinsics (F, 4) = fx/W, fy/H, cx/W, cy/H and
+    world-to-camera extrinsics (F, 3, 4)."""
+
+    intrinsics: np.ndarray
+    w2c: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.intrinsics = np.asarray(self.intrinsics, dtype=np.float64).reshape(-1, 4)
+        self.w2c = np.asarray(self.w2c, dtype=np.float64).reshape(-1, 3, 4)
+        if len(self.intrinsics) != len(self.w2c):
+            raise ValueError("intrinsics and w2c must have the same number of frames")
+
+    def __len__(self) -> int:
+        return len(self.w2c)
+
+    def lines(self) -> np.ndarray:
+        """(F, 16) rows: fx fy cx cy followed by the row-major 3x4 world-to-camera matrix."""
+        return np.concatenate([self.intrinsics, self.w2c.reshape(-1, 12)], 1)
+
+
+def focal_px(width: int) -> float:
+    """ShapesWorld focal length in pixels (horizontal field of view 2*atan(0.5) = 53 deg)."""
+    return float(width)
+
+
+def poses_from_centers(centers: np.ndarray, height: int, width: int) -> CameraPoses:
+    """ShapesWorld poses for camera centres (F, 3) with identity rotation."""
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
+    f = focal_px(width)
+    intr = np.tile([f / width, f / height, 0.5, 0.5], (len(centers), 1))
+    w2c = np.zeros((len(centers), 3, 4))
+    w2c[:, :, :3] = np.eye(3)
+    w2c[:, :, 3] = -centers
+    return CameraPoses(intr, w2c)
+
+
+def project(points_w: np.ndarray, poses: CameraPoses, height: int, width: int) -> np.ndarray:
+    """Project world points (N, 3) into every frame: pixel-index coordinates (F, N, 2)."""
+    pts = np.asarray(points_w, dtype=np.float64).reshape(-1, 3)
+    cam = np.einsum("fij,nj->fni", poses.w2c[:, :, :3], pts) + poses.w2c[:, None, :, 3]
+    z = cam[..., 2]
+    fx = poses.intrinsics[:, None, 0] * width
+    fy = poses.intrinsics[:, None, 1] * height
+    cx = poses.intrinsics[:, None, 2] * width
+    cy = poses.intrinsics[:, None, 3] * height
+    u = fx * cam[..., 0] / z + cx - 0.5
+    v = fy * cam[..., 1] / z + cy - 0.5
+    return np.stack([u, v], -1)
+
+
+def unproject_to_plane(pix: np.ndarray, poses: CameraPoses, height: int, width: int) -> np.ndarray:
+    """World points (N, 3) on the plane at depth 1 in front of camera 0 seen at frame-0 pixels (N, 2)."""
+    pix = np.asarray(pix, dtype=np.float64).reshape(-1, 2)
+    fx, fy, cx, cy = poses.intrinsics[0] * [width, height, width, height]
+    pc = np.stack([(pix[:, 0] + 0.5 - cx) / fx, (pix[:, 1] + 0.5 - cy) / fy, np.ones(len(pix))], -1)
+    r, t = poses.w2c[0, :, :3], poses.w2c[0, :, 3]
+    return (pc - t) @ r  # R^T (p - t), row-vector form
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray, center: tuple[float, float]) -> tuple[float, float, float]:
+    """Least-squares (s, tx, ty) with dst - c = s * (src - c) + t (no rotation)."""
+    c = np.asarray(center, dtype=np.float64)
+    a = np.asarray(src, dtype=np.float64) - c
+    b = np.asarray(dst, dtype=np.float64) - c
+    am, bm = a.mean(0), b.mean(0)
+    denom = float(((a - am) ** 2).sum())
+    s = float(((a - am) * (b - bm)).sum() / denom) if denom > 0 else 1.0
+    t = bm - s * am
+    return s, float(t[0]), float(t[1])
+
+
+def plane_image_motion(poses: CameraPoses, height: int, width: int) -> np.ndarray:
+    """Per frame (F, 3): similarity (scale, tx, ty) taking frame-0 pixels of the depth-1 plane to
+    frame-t pixels, about the image centre. Exact for ShapesWorld poses; a fit for rotated ones."""
+    c = ((width - 1) / 2, (height - 1) / 2)
+    q = min(height, width) / 4
+    grid = np.array([[0, 0], [-q, -q], [q, -q], [-q, q], [q, q]], dtype=np.float64) + c
+    world = unproject_to_plane(grid, poses, height, width)
+    img = project(world, poses, height, width)
+    return np.array([fit_similarity(grid, img[t], c) for t in range(len(poses))])
+
+
+# Thresholds for turning an end-to-end image motion into a label (see docs/shapesworld.md).
+ZOOM_LOG_THRESHOLD = 0.10  # |log scale| over the clip
+PAN_FRACTION_THRESHOLD = 0.08  # |translation| over the clip, fraction of min(H, W)
+
+
+def camera_label_from_motion(scale: float, tx: float, ty: float, height: int, width: int) -> str:
+    """Camera label from the content's similarity motion between the first and last frame."""
+    half = min(height, width) / 2
+    shift = math.hypot(tx, ty)
+    if scale > 0 and abs(math.log(scale)) >= ZOOM_LOG_THRESHOLD and abs(scale - 1) * half >= shift:
+        return "zoom_in" if scale > 1 else "zoom_out"
+    if shift >= PAN_FRACTION_THRESHOLD * min(height, width):
+        if abs(tx) >= abs(ty):
+            return "pan_right" if tx < 0 else "pan_left"
+        return "pan_up" if ty > 0 else "pan_down"
+    return "static"
+
+
+def camera_label_from_poses(poses: CameraPoses, height: int, width: int) -> str:
+    """Camera label (see CAMERAS) implied by a pose sequence."""
+    s, tx, ty = plane_image_motion(poses, height, width)[-1]
+    return camera_label_from_motion(s, tx, ty, height, width)
+
+
+def write_pose_file(path: str | Path, poses: CameraPoses, fps: float = 8.0, header: str = POSE_HEADER) -> None:
+    """Write a CameraCtrl / RealEstate10K pose file.
+
+    Line 1 is a header (RealEstate10K puts the video URL there; CameraCtrl and EasyAnimate skip it).
+    Each further line: ``timestamp_us fx fy cx cy 0 0 r00 r01 r02 t0 r10 r11 r12 t1 r20 r21 r22 t2``
+    with single spaces (EasyAnimate splits on ' ').
+    """
+    rows = [header]
+    for i, row in enumerate(poses.lines()):
+        ts = int(round(i * 1e6 / fps))
+        nums = [f"{v + 0.0:.8g}" for v in row]  # + 0.0 turns -0.0 into 0.0
+        rows.append(" ".join([str(ts), *nums[:4], "0", "0", *nums[4:]]))
+    Path(path).write_text("\n".join(rows) + "\n")
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def read_pose_file(path: str | Path) -> CameraPoses:
+    """Read a CameraCtrl pose file, with or without the header line.
+
+    Accepted numeric rows: 19 values (RealEstate10K: timestamp, fx fy cx cy, 2 distortion, 12),
+    17 values (timestamp, 4 intrinsics, 12) or 16 values (4 intrinsics, 12).
+    """
+    intr, w2c = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        toks = line.split()
+        if not toks:
+            continue
+        if not all(_is_number(t) for t in toks):
+            if intr:
+                raise ValueError(f"{path}:{n}: non-numeric pose line")
+            continue  # header / URL line
+        vals = [float(t) for t in toks]
+        if len(vals) == 19:
+            k, m = vals[1:5], vals[7:19]
+        elif len(vals) == 17:
+            k, m = vals[1:5], vals[5:17]
+        elif len(vals) == 16:
+            k, m = vals[0:4], vals[4:16]
+        else:
+            raise ValueError(f"{path}:{n}: expected 16, 17 or 19 numbers per pose line, got {len(vals)}")
+        intr.append(k)
+        w2c.append(m)
+    if not intr:
+        raise ValueError(f"{path}: no pose lines")
+    return CameraPoses(np.array(intr), np.array(w2c).reshape(-1, 3, 4))
+
+
+def project_track(points_w: np.ndarray, poses: CameraPoses, height: int, width: int) -> np.ndarray:
+    """Project one world point per frame (F, 3) with that frame's camera: pixel indices (F, 2)."""
+    pts = np.asarray(points_w, dtype=np.float64).reshape(-1, 3)
+    cam = np.einsum("fij,fj->fi", poses.w2c[:, :, :3], pts) + poses.w2c[:, :, 3]
+    k = poses.intrinsics * [width, height, width, height]
+    u = k[:, 0] * cam[:, 0] / cam[:, 2] + k[:, 2] - 0.5
+    v = k[:, 1] * cam[:, 1] / cam[:, 2] + k[:, 3] - 0.5
+    return np.stack([u, v], -1)

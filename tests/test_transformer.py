@@ -1,0 +1,314 @@
+"""VideoTransformer against diffusers' EasyAnimateTransformer3DModel: outputs, RoPE, checkpoints, switches."""
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+from diffusers import EasyAnimateTransformer3DModel
+from diffusers.models.transformers.transformer_easyanimate import EasyAnimateRotaryPosEmbed
+
+from kinema.models import VideoTransformer, VideoTransformerConfig
+from kinema.models import attention as attention_mod
+from kinema.models.modeling_utils import CONFIG_NAME, INDEX_NAME, CheckpointError
+from kinema.models.transformer import rotary_embedding
+
+FP32_ATOL = 1e-5  # max abs difference to diffusers in fp32 (measured: <= 1e-6)
+
+TINY = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    patch_size=2,
+    time_embed_dim=32,
+    text_embed_dim=24,
+    add_norm_text_encoder=True,
+    num_layers=2,
+    mmdit_layers=2,
+)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter random (diffusers zero-inits adaLN and output layers); norm weights around 1."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.1
+            is_norm_scale = name.endswith("weight") and p.ndim == 1
+            p.copy_(noise + 1.0 if is_norm_scale else noise)
+
+
+def pair(**overrides):
+    """A random diffusers model and a VideoTransformer holding the same weights (strict load)."""
+    cfg = {**TINY, **overrides}
+    torch.manual_seed(0)
+    ref = EasyAnimateTransformer3DModel(**cfg).eval()
+    randomize_(ref)
+    ours = VideoTransformer.from_config(cfg).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def inputs(batch, channels, frames, height, width, text_len=7, text_dim=24, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, channels, frames, height, width, generator=gen)
+    timestep = torch.tensor([37.0, 911.5][:batch])
+    text = torch.randn(batch, text_len, text_dim, generator=gen)
+    return latents, timestep, text
+
+
+def run_ref(ref, latents, timestep, text, **kw):
+    with torch.no_grad():
+        return ref(latents, timestep, encoder_hidden_states=text, return_dict=False, **kw)[0]
+
+
+# ---- conformance --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant, frames, hw, layers",
+    [
+        ("t2v", 1, (6, 10), (2, 2)),  # image, landscape grid, all MMDiT
+        ("inp", 3, (10, 4), (3, 1)),  # portrait, 1 MMDiT + 2 shared blocks
+        ("control", 5, (4, 6), (3, 2)),
+    ],
+)
+def test_matches_diffusers(variant, frames, hw, layers):
+    in_channels = {"t2v": 16, "inp": 33, "control": 48}[variant]
+    ref, ours = pair(in_channels=in_channels, num_layers=layers[0], mmdit_layers=layers[1])
+    latents, timestep, text = inputs(2, 16, frames, *hw)
+    extra = {}
+    if variant == "inp":
+        extra["inpaint_latents"] = torch.randn(2, 17, frames, *hw)
+    if variant == "control":
+        extra["control_latents"] = torch.randn(2, 32, frames, *hw)
+    expected = run_ref(ref, latents, timestep, text, **extra)
+    with torch.no_grad():
+        got = ours(latents, timestep, text, **extra)
+    assert got.shape == (2, 16, frames, *hw)
+    assert expected.std() > 0.1  # a real signal, not zero-initialised output layers
+    torch.testing.assert_close(got, expected, rtol=0, atol=FP32_ATOL)
+    # the two batch items (different timesteps) really differ
+    assert (got[0] - got[1]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("overrides", [{"add_norm_text_encoder": False}, {"after_norm": True, "norm_eps": 1e-6}])
+def test_matches_diffusers_config_options(overrides):
+    ref, ours = pair(**overrides)
+    latents, timestep, text = inputs(2, 16, 2, 4, 8)
+    with torch.no_grad():
+        got = ours(latents, timestep, text)
+    torch.testing.assert_close(got, run_ref(ref, latents, timestep, text), rtol=0, atol=FP32_ATOL)
+
+
+@pytest.mark.parametrize("frames, grid", [(1, (30, 45)), (13, (24, 42)), (3, (48, 32)), (2, (16, 16)), (1, (3, 7))])
+def test_rope_matches_diffusers(frames, grid):
+    ref_cos, ref_sin = EasyAnimateRotaryPosEmbed(patch_size=2, rope_dim=64)(
+        torch.empty(1, 1, frames, grid[0] * 2, grid[1] * 2)
+    )
+    rot = rotary_embedding(frames, *grid, head_dim=64, patch_size=2)
+    # diffusers repeats each pair's cos/sin twice (interleaved pairs)
+    torch.testing.assert_close(rot.real.repeat_interleave(2, -1), ref_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rot.imag.repeat_interleave(2, -1), ref_sin, rtol=0, atol=1e-6)
+
+
+def test_scalar_timestep_and_input_errors():
+    _, ours = pair()
+    latents, _, text = inputs(2, 16, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(latents, 500.0, text), ours(latents, torch.tensor([500.0, 500.0]), text))
+        with pytest.raises(ValueError, match="channels"):
+            ours(latents, 500.0, text, inpaint_latents=latents)
+        with pytest.raises(ValueError, match="multiples of patch"):
+            ours(latents[..., :3], 500.0, text)
+
+
+# ---- published configs: same parameters as diffusers --------------------------------------------------
+
+V5_1 = dict(
+    num_attention_heads=48,
+    attention_head_dim=64,
+    in_channels=16,
+    out_channels=16,
+    patch_size=2,
+    time_embed_dim=512,
+    text_embed_dim=3584,
+    add_norm_text_encoder=True,
+)
+
+
+@pytest.mark.parametrize(
+    "name, layers, mmdit, in_channels, n_params",
+    [("12b", 48, 48, 16, 11.78e9), ("7b-InP", 36, 18, 33, 6.81e9), ("7b-Control", 36, 18, 48, 6.81e9)],
+)
+def test_published_configs_have_diffusers_parameters(name, layers, mmdit, in_channels, n_params):
+    cfg = {**V5_1, "num_layers": layers, "mmdit_layers": mmdit, "in_channels": in_channels}
+    with torch.device("meta"):
+        ours = VideoTransformer.from_config(cfg)
+        ref = EasyAnimateTransformer3DModel(**cfg)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert ours.num_parameters() == pytest.approx(n_params, rel=0.01)
+    mmdit_blocks = [b.attn1.add_q_proj is not None for b in ours.transformer_blocks]
+    assert mmdit_blocks == [True] * mmdit + [False] * (layers - mmdit)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_diffusers_folders_load_and_save_back(tmp_path):
+    ref, _ = pair(num_layers=3, mmdit_layers=2, in_channels=33)
+    latents, timestep, text = inputs(2, 16, 2, 4, 6)
+    inpaint = torch.randn(2, 17, 2, 4, 6)
+    expected = run_ref(ref, latents, timestep, text, inpaint_latents=inpaint)
+    for shard in (None, "20KB"):
+        folder = tmp_path / f"diffusers-{shard}"
+        ref.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+        assert (folder / INDEX_NAME).exists() == bool(shard)
+        ours = VideoTransformer.from_pretrained(folder)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(latents, timestep, text, inpaint), expected, rtol=0, atol=FP32_ATOL)
+        # ... and back: our sharded save loads in diffusers with identical weights
+        back = tmp_path / f"kinema-{shard}"
+        ours.save_pretrained(back, max_shard_size=20_000)
+        assert len(json.loads((back / INDEX_NAME).read_text())["weight_map"]) == len(ref.state_dict())
+        reloaded = EasyAnimateTransformer3DModel.from_pretrained(back).eval()
+        for key, value in ref.state_dict().items():
+            assert torch.equal(reloaded.state_dict()[key], value), key
+    # bf16 at load time; output close to fp32 (bf16 linears, fp32 norms and residual stream)
+    ours16 = VideoTransformer.from_pretrained(tmp_path / "diffusers-20KB", torch_dtype=torch.bfloat16)
+    assert ours16.dtype == torch.bfloat16 and ours16.attention_backend == "auto"
+    with torch.no_grad():
+        got = ours16(latents, timestep, text, inpaint)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().max() / expected.abs().max() < 0.03
+
+
+def test_official_config_keys_are_accepted_or_refused(tmp_path):
+    _, ours = pair()
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    # keys present in the published V5.1 configs (values as published)
+    official = dict(
+        add_ref_latent_in_control_model=True,
+        clip_channels=None,
+        enable_clip_in_inpaint=False,
+        ref_channels=None,
+        swa_layers=None,
+    )
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, **official}))
+    assert VideoTransformer.from_pretrained(tmp_path).config == ours.config
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, **official, "swa_layers": [1, 2]}))
+    with pytest.raises(CheckpointError, match="swa_layers"):
+        VideoTransformer.from_pretrained(tmp_path)
+
+
+def test_loading_errors_on_a_transformer_folder(tmp_path):
+    _, ours = pair()
+    ours.save_pretrained(tmp_path / "m", max_shard_size=20_000)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VideoTransformer.from_pretrained(tmp_path / "m", subfolder="transformer")
+    # unknown config key
+    config = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
+    (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps({**config, "use_flux": True}))
+    with pytest.raises(CheckpointError, match="unknown config key.*use_flux"):
+        VideoTransformer.from_pretrained(tmp_path / "m")
+    # shape mismatch: an InP config over T2V weights
+    (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps({**config, "in_channels": 33}))
+    with pytest.raises(CheckpointError, match="proj.weight.*shape"):
+        VideoTransformer.from_pretrained(tmp_path / "m")
+    # a missing shard
+    (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps(config))
+    next((tmp_path / "m").glob("diffusion_pytorch_model-00002-*")).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        VideoTransformer.from_pretrained(tmp_path / "m")
+
+
+def test_fp16_refused_on_cpu(tmp_path):
+    _, ours = pair()
+    ours.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="float16 on CPU"):
+        half = VideoTransformer.from_pretrained(tmp_path, torch_dtype=torch.float16)
+    latents, timestep, text = inputs(1, 16, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        half(latents, timestep, text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VideoTransformer.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+
+
+# ---- switches ------------------------------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_same_gradients_and_recomputes():
+    _, ours = pair(num_layers=2, mmdit_layers=1)
+    ours.train()
+    latents, timestep, text = inputs(2, 16, 2, 4, 4)
+    calls = []
+    for block in ours.transformer_blocks:
+        block.register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def grads():
+        ours.zero_grad()
+        calls.clear()
+        ours(latents, timestep, text).square().mean().backward()
+        return {n: p.grad.clone() for n, p in ours.named_parameters()}, len(calls)
+
+    plain, plain_calls = grads()
+    ours.enable_gradient_checkpointing()
+    ckpt, ckpt_calls = grads()
+    assert (plain_calls, ckpt_calls) == (2, 4)  # each block runs again in backward
+    for name, g in plain.items():
+        torch.testing.assert_close(ckpt[name], g, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(g.abs().sum() > 0 for g in plain.values())
+
+
+def test_attention_backends(monkeypatch):
+    ref, ours = pair()
+    latents, timestep, text = inputs(2, 16, 3, 6, 8)
+    expected = run_ref(ref, latents, timestep, text)
+    # several query blocks per head: 16 rows for 79 tokens
+    monkeypatch.setattr(attention_mod, "CHUNK_SCORE_ELEMENTS", 16 * 79)
+    ours.set_attention_backend("chunked")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(latents, timestep, text), expected, rtol=0, atol=FP32_ATOL)
+
+    seen = []
+
+    def spy(q, k, v):
+        seen.append((q.shape, q.dtype))
+        return attention_mod.sdpa_attention(q, k, v)
+
+    attention_mod.register_attention_backend("spy", spy)
+    ours.set_attention_backend("spy")
+    with torch.no_grad():
+        ours(latents, timestep, text)
+    assert seen == [(torch.Size([2, 7 + 3 * 3 * 4, 2, 16]), torch.float32)] * 2
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        ours.set_attention_backend("flash")
+
+
+def test_bf16_auto_backend_is_chunked_and_close_to_fp32():
+    _, ours = pair(num_layers=3, mmdit_layers=2)
+    latents, timestep, text = inputs(2, 16, 3, 6, 8)
+    with torch.no_grad():
+        expected = ours(latents, timestep, text)
+        ours.to(torch.bfloat16)
+        got_auto = ours(latents, timestep, text)
+        ours.set_attention_backend("sdpa")
+        got_sdpa = ours(latents, timestep, text)
+    rel = lambda a: ((a - expected).abs().max() / expected.abs().max()).item()  # noqa: E731
+    assert rel(got_auto) < 0.03 and rel(got_sdpa) < 0.03
+    assert attention_mod.resolve_attention_backend("auto", torch.bfloat16, torch.device("cpu")) is (
+        attention_mod.chunked_attention
+    )
+
+
+def test_config_round_trip_and_refusals():
+    cfg = VideoTransformerConfig(**TINY)
+    assert VideoTransformer.config_from_dict(dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(NotImplementedError, match="T5"):
+        VideoTransformer.from_config({**TINY, "text_embed_dim_t5": 16})
+    with pytest.raises(ValueError, match="multiple of 16"):
+        VideoTransformer.from_config({**TINY, "attention_head_dim": 24})
