@@ -98,7 +98,9 @@ def child(*args: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folder", type=Path, default=None, help="where to write the checkpoint (temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint folder")
     parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # child modes
@@ -114,7 +116,9 @@ def main() -> None:
     try:
         shards = child("--write", str(folder))["shards"]
         print(f"wrote {folder}: {shards} fp32 shards of <= {SHARD_BYTES >> 20} MiB")
-        header = f"{'fp32 ckpt -> dtype':20} {'model GiB':>9} {'base GiB':>8} {'after load':>10} {'peak GiB':>8}"
+        header = (
+            f"{'fp32 ckpt -> dtype':20} {'model GiB':>9} {'base GiB':>8} {'after load':>10} {'peak GiB':>8}"
+        )
         print(header + f" {'peak/model':>10} {'load s':>6}")
         for dtype in ("float32", "bfloat16"):
             r = child("--load", str(folder), dtype)

@@ -65,7 +65,9 @@ def _timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="timed runs per model (alternating); median")
     args = parser.parse_args()
@@ -95,7 +97,9 @@ def main() -> None:
         "kinema bf16": lambda: ours_bf16(latents, timestep, text),
     }
     flops = forward_flops(CONFIG, LATENT_SHAPE, TEXT_LEN)
-    print(f"params {ours.num_parameters() / 1e6:.1f}M, {flops / 1e9:.0f} GFLOP per forward, threads {args.threads}")
+    print(
+        f"params {ours.num_parameters() / 1e6:.1f}M, {flops / 1e9:.0f} GFLOP per forward, threads {args.threads}"
+    )
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     peaks = {"fp32": measured_matmul_peak(torch.float32), "bf16": measured_matmul_peak(torch.bfloat16)}
     print(f"measured {2048}^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
@@ -112,7 +116,9 @@ def main() -> None:
 
     reference = outputs["diffusers fp32"]
     base = statistics.median(times["diffusers fp32"])
-    print(f"\n{'':16} {'median s':>9} {'runs':>22} {'GFLOP/s':>8} {'% nominal':>9} {'speedup':>8} {'max rel err':>12}")
+    print(
+        f"\n{'':16} {'median s':>9} {'runs':>22} {'GFLOP/s':>8} {'% nominal':>9} {'speedup':>8} {'max rel err':>12}"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
         precision = "bf16" if "bf16" in name else "fp32"

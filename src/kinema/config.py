@@ -110,7 +110,9 @@ class GenerationConfig:
                 raise ValueError(f"--overlap-frames {self.overlap_frames}: must be in [1, --chunk-frames)")
         given = [n for n in ("control_video", "trajectory", "camera") if getattr(self, n)]
         if len(given) > 1:
-            raise ValueError(f"--{given[0].replace('_', '-')} and --{given[1].replace('_', '-')} cannot be combined")
+            raise ValueError(
+                f"--{given[0].replace('_', '-')} and --{given[1].replace('_', '-')} cannot be combined"
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)

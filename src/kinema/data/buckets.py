@@ -68,6 +68,9 @@ class Geometry:
         return min(frames, self.round_frames_down(max_frames))
 
 
+V51_GEOMETRY = Geometry()
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one sample becomes in one epoch: output size, frame count and which source frames."""
@@ -118,13 +121,13 @@ class BucketPlanner:
         resolutions: list[int],
         image_resolutions: list[int] | None = None,
         max_frames: int = 49,
-        geometry: Geometry = Geometry(),
-        sampling: FrameSampling = FrameSampling(),
+        geometry: Geometry = V51_GEOMETRY,
+        sampling: FrameSampling | None = None,
         aspect_step: int = 16,
     ):
         self.budget = token_budget
         self.geometry = geometry
-        self.sampling = sampling
+        self.sampling = sampling or FrameSampling()
         self.max_frames = max_frames
         self.buckets = {r: aspect_buckets(r, aspect_step) for r in sorted(set(resolutions))}
         image_res = sorted(set(image_resolutions or [max(resolutions)]))
@@ -143,7 +146,7 @@ class BucketPlanner:
         stride = self.sampling.stride
         available = g.round_frames_down((end - first - 1) // stride + 1)
         options = []
-        for res, table in self.buckets.items():
+        for table in self.buckets.values():
             _, (h, w) = closest_bucket(sample.height, sample.width, table)
             frames = g.frames_for_budget(h, w, self.budget, self.max_frames)
             if frames is not None:
@@ -173,7 +176,9 @@ class BucketBatchSampler:
         stage_index: int = 0,
     ):
         if not samples:
-            raise ValueError("no usable samples for this stage (check data.root, the metadata and the stage filter)")
+            raise ValueError(
+                "no usable samples for this stage (check data.root, the metadata and the stage filter)"
+            )
         self.samples = samples
         self.planner = planner
         self.global_batch_size = global_batch_size
@@ -199,9 +204,7 @@ class BucketBatchSampler:
             bucket.append((index, plan))
             if len(bucket) == self.global_batch_size:
                 b = len(batches)
-                batches.append(
-                    [SampleRequest(i, p, slot, epoch, b) for slot, (i, p) in enumerate(bucket)]
-                )
+                batches.append([SampleRequest(i, p, slot, epoch, b) for slot, (i, p) in enumerate(bucket)])
                 del pending[plan.key]
         self.unplannable = unplannable
         self._epoch_cache = (epoch, batches)

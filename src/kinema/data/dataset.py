@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from kinema.videoio import frames_to_tensor, read_image, read_video, resize_and_center_crop
 
-from .buckets import Geometry, Plan, SampleRequest
+from .buckets import V51_GEOMETRY, Geometry, Plan, SampleRequest
 from .cache import LatentCache
 from .metadata import Sample
 
@@ -69,13 +69,13 @@ class VideoDataset(Dataset):
     def __init__(
         self,
         samples: list[Sample],
-        geometry: Geometry = Geometry(),
-        options: LoadOptions = LoadOptions(),
+        geometry: Geometry = V51_GEOMETRY,
+        options: LoadOptions | None = None,
         cache: LatentCache | None = None,
     ):
         self.samples = samples
         self.geometry = geometry
-        self.options = options
+        self.options = options or LoadOptions()
         self.cache = cache
 
     def __len__(self) -> int:
@@ -111,9 +111,13 @@ class VideoDataset(Dataset):
                 item["pixels"], item["valid_frames"] = load_pixels(sample.path, plan, sample.is_image)
             if self.options.control:
                 if sample.control_path is None:
-                    raise ValueError(f"'{sample.file_path}' has no control_file_path (needed in control mode)")
+                    raise ValueError(
+                        f"'{sample.file_path}' has no control_file_path (needed in control mode)"
+                    )
                 if self.cache is not None:
-                    item["control_key"] = key = self.cache.video_key(sample.control_path, plan, kind="control")
+                    item["control_key"] = key = self.cache.video_key(
+                        sample.control_path, plan, kind="control"
+                    )
                     cached = self.cache.get(key)
                     item["cached_control"] = None if cached is None else cached["moments"]
                 if item["cached_control"] is None:
@@ -147,7 +151,9 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
         present = [it[name] is not None for it in items]
         batch[f"has_{name}"] = present
         if any(present):
-            batch[name] = torch.stack([it[name] if it[name] is not None else torch.zeros(shape) for it in items])
+            batch[name] = torch.stack(
+                [it[name] if it[name] is not None else torch.zeros(shape) for it in items]
+            )
         else:
             batch[name] = None
     for name in ("cached_latents", "cached_control", "latent_key", "control_key"):

@@ -23,7 +23,16 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-KNOWN_FIELDS = {"file_path", "text", "type", "width", "height", "num_frames", "control_file_path", "camera_file_path"}
+KNOWN_FIELDS = {
+    "file_path",
+    "text",
+    "type",
+    "width",
+    "height",
+    "num_frames",
+    "control_file_path",
+    "camera_file_path",
+}
 
 
 class MetadataError(ValueError):
@@ -121,7 +130,9 @@ def load_metadata(path: str | Path, root: str | Path | None = None) -> list[Samp
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise MetadataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+            raise MetadataError(
+                f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})"
+            ) from None
         if not isinstance(rows, list):
             raise MetadataError(f"{path}: expected a JSON list of samples, got {type(rows).__name__}")
         samples = [_sample_from_row(row, root, f"{path}[{i}]") for i, row in enumerate(rows)]

@@ -115,7 +115,9 @@ def write_moving_squares(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a tiny moving-squares dataset (mp4 + metadata.jsonl).")
+    parser = argparse.ArgumentParser(
+        description="Write a tiny moving-squares dataset (mp4 + metadata.jsonl)."
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--images", type=int, default=0)

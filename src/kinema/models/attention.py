@@ -1,71 +1,143 @@
 """Attention backends for the video transformer.
 
-Every backend has the signature ``fn(q, k, v) -> out`` on token-major tensors of shape
-(batch, tokens, heads, head_dim): that is the layout the q/k/v projections produce, so no backend has to
-copy its inputs. No mask: EasyAnimate's DiT lets every token attend to every other one.
+Every backend is ``fn(q, k, v) -> out``, all of shape (batch, tokens, heads, head_dim), any strides (the
+model passes views of head-major memory, which is what per-head kernels read). No mask: EasyAnimate's
+DiT lets every token attend to all.
 
-* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. Best in fp32 and on GPUs.
-* ``"chunked"``: per head and per block of queries, ``softmax(q k^T) v`` with two plain matmuls. In bf16
-  on CPU this runs at ~2x the speed of SDPA (SDPA's CPU kernel gains nothing from bf16), because the
-  matmuls hit the bf16 GEMM units and a score block of ~0.5M elements stays in L2. The softmax of
-  bf16 scores is computed in fp32 inside torch's kernel; the probabilities are rounded to bf16 for the
-  second matmul.
-* ``"auto"`` (the model default): ``chunked`` for bf16 on CPU, ``sdpa`` otherwise.
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. For GPUs and for training.
+* ``"chunked"``: exact attention, per head and per block of query rows: ``softmax(q k^T) v`` with two
+  oneDNN matmuls and torch's softmax (which accumulates in fp32 for bf16 inputs; probabilities are
+  rounded to the compute dtype before the second matmul). Heads are spread over one single-threaded
+  worker per torch thread. On the 2-core CPU of the project benchmarks it runs at ~1.4x SDPA in fp32
+  and ~2.3x in bf16 (SDPA's CPU kernel gains nothing from bf16), and it degrades gracefully when other
+  processes share the cores: the alternative, hundreds of small multi-threaded ops per layer, stalls at
+  every op's OpenMP barrier when a core is taken (measured 5-10x slowdowns).
+* ``"auto"`` (the model default): ``chunked`` for CPU inference, ``sdpa`` otherwise (GPU, or when
+  gradients are needed: SDPA's backward does not keep the probabilities).
 
-``register_attention_backend(name, fn)`` adds another one (e.g. a flash-attention kernel on GPU).
+``register_attention_backend(name, fn)`` adds another one (e.g. a flash-attention kernel).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# oneDNN's fused linear (an internal op of torch's CPU build, also used by the Inductor compiler).
+# oneDNN's fused linear: an internal op of torch's CPU build (Inductor's CPU backend emits it too).
 ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 # Score-block size of the chunked backend, in elements: big enough for efficient GEMMs, small enough to
-# stay in L2 (measured on a 2-core Zen 5; 0.25M-1M elements are all within a few percent).
+# stay in a core's L2 (2-core Zen 5: 0.25M-1M elements all within ~5%).
 CHUNK_SCORE_ELEMENTS = 1 << 19
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # SDPA wants (B, H, S, D); transposed views are fine and its output is already token-major in memory.
+    # SDPA wants (B, H, S, D): transposed views, no copies. Its CPU output is token-major in memory.
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` for 2D operands; CPU inference goes through oneDNN (faster than MKL on this CPU)."""
+    """``a @ b.T`` for 2D operands; without autograd on CPU through oneDNN (faster than MKL here)."""
     if ONEDNN_LINEAR is not None and a.device.type == "cpu" and not torch.is_grad_enabled():
         return ONEDNN_LINEAR(a, b, None, "none", [], "")
     return torch.matmul(a, b.t())
 
 
+class _CoreWorkers:
+    """One single-threaded worker thread per torch thread (torch ops release the GIL).
+
+    ``torch.set_num_threads`` is per OS thread for OpenMP/oneDNN/MKL, so the workers pin themselves to
+    one thread without changing the caller's setting (the global default it also writes is restored).
+    """
+
+    def __init__(self, n: int):
+        self.n, self.pid = n, os.getpid()
+        ready = threading.Barrier(n + 1)
+
+        def single_threaded() -> None:
+            torch.get_num_threads()  # initialise this thread's torch threading first, or it would reset
+            torch.set_num_threads(1)
+            ready.wait()
+
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="kinema-attn", initializer=single_threaded)
+        for _ in range(n):
+            self.pool.submit(lambda: None)
+        ready.wait()
+        torch.set_num_threads(n)
+
+    def map(self, fn: Callable, items: Iterable) -> list:
+        inference = torch.is_inference_mode_enabled()
+
+        def run(item):
+            # Grad and inference modes are per thread: run like the caller (workers only serve inference).
+            with torch.inference_mode(inference), torch.no_grad():
+                return fn(item)
+
+        return list(self.pool.map(run, items))
+
+
+_workers: _CoreWorkers | None = None
+_workers_lock = threading.Lock()
+# Per-thread thread counts hold for ATen's OpenMP backend (Linux/Windows wheels), not its native pool.
+_PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _core_workers() -> _CoreWorkers | None:
+    global _workers
+    n = torch.get_num_threads() if _PER_THREAD_NUM_THREADS else 1
+    with _workers_lock:
+        # (a forked child inherits the object but not the threads)
+        if n > 1 and (_workers is None or _workers.n != n or _workers.pid != os.getpid()):
+            if _workers is not None and _workers.pid == os.getpid():
+                _workers.pool.shutdown(wait=False)
+            _workers = _CoreWorkers(n)
+    return _workers if n > 1 else None
+
+
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     batch, q_len, heads, head_dim = q.shape
-    k_len = k.shape[1]
-    # Head-major copies (O(S*D), cheap next to the O(S^2*D) work) so every matmul operand is dense.
-    q = (q * head_dim**-0.5).transpose(1, 2).contiguous()
-    k = k.transpose(1, 2).contiguous()
-    v_t = v.permute(0, 2, 3, 1).contiguous()  # (B, H, D, S_k)
-    rows = max(16, min(q_len, CHUNK_SCORE_ELEMENTS // k_len))
-    per_head = []
-    for b in range(batch):
-        for h in range(heads):
-            blocks = []
-            for start in range(0, q_len, rows):
-                scores = matmul_nt(q[b, h, start : start + rows], k[b, h])
-                # In bf16, torch's softmax accumulates in fp32 and rounds the probabilities to bf16.
-                blocks.append(matmul_nt(torch.softmax(scores, dim=-1), v_t[b, h]))
-            per_head.append(torch.cat(blocks))
-    return torch.stack(per_head).unflatten(0, (batch, heads)).transpose(1, 2)
+    rows = max(64, min(q_len, CHUNK_SCORE_ELEMENTS // k.shape[1]))  # long sequences: GEMM efficiency first
+    out = q.new_empty(q.shape)
+
+    def one_head(index: int) -> None:
+        b, h = divmod(index, heads)
+        # Dense per-head operands (q, k: no copy when laid out head-major, as the model does).
+        q_bh = (q[b, :, h] * head_dim**-0.5).contiguous()
+        k_bh = k[b, :, h].contiguous()
+        v_t = v[b, :, h].t().contiguous()  # (D, S_k): the "weight" of the second matmul
+        for start in range(0, q_len, rows):
+            scores = matmul_nt(q_bh[start : start + rows], k_bh)
+            out[b, start : start + rows, h] = matmul_nt(torch.softmax(scores, dim=-1), v_t)
+
+    workers = _core_workers() if (q.device.type == "cpu" and not _needs_grad(q, k, v)) else None
+    if workers is None:
+        for index in range(batch * heads):
+            one_head(index)
+    else:
+        workers.map(one_head, range(batch * heads))
+    return out
+
+
+def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if q.device.type == "cpu" and not _needs_grad(q, k, v):
+        return chunked_attention(q, k, v)
+    return sdpa_attention(q, k, v)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 _BACKENDS: dict[str, AttentionFn] = {
+    "auto": auto_attention,
     "sdpa": sdpa_attention,
     "chunked": chunked_attention,
 }
@@ -73,18 +145,14 @@ _BACKENDS: dict[str, AttentionFn] = {
 
 def register_attention_backend(name: str, fn: AttentionFn) -> None:
     """Make ``fn(q, k, v) -> out`` (all (B, S, H, D)) selectable with ``set_attention_backend(name)``."""
-    if name == "auto":
-        raise ValueError("'auto' is reserved")
     _BACKENDS[name] = fn
 
 
 def attention_backends() -> list[str]:
-    return ["auto", *_BACKENDS]
+    return list(_BACKENDS)
 
 
-def resolve_attention_backend(name: str, dtype: torch.dtype, device: torch.device) -> AttentionFn:
-    if name == "auto":
-        name = "chunked" if (device.type == "cpu" and dtype == torch.bfloat16) else "sdpa"
+def get_attention_backend(name: str) -> AttentionFn:
     try:
         return _BACKENDS[name]
     except KeyError:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ONEDNN_LINEAR, AttentionFn, attention_backends, resolve_attention_backend
+from .attention import ONEDNN_LINEAR, AttentionFn, get_attention_backend
 from .modeling_utils import CheckpointError, ModelMixin
 
 # EasyAnimate fits every latent grid onto a 480x720-video (60x90-latent) grid for the spatial RoPE
@@ -103,7 +103,6 @@ class Linear(nn.Linear):
             return ONEDNN_LINEAR(x, self.weight, self.bias, "gelu" if gelu else "none", [], gelu or "")
         y = F.linear(x, self.weight, self.bias)
         return y if gelu is None else F.gelu(y, approximate=gelu)
-
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -195,6 +194,16 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rope[:, None]).flatten(-2)
 
 
+def join_head_major(text: torch.Tensor, video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[text; video] along tokens, cast and written once into (B, H, S, D) memory, returned as a
+    (B, S, H, D) view: the layout attention kernels read per head, at the cost of a single copy."""
+    b, text_len, heads, head_dim = text.shape
+    out = text.new_empty(b, heads, text_len + video.shape[1], head_dim, dtype=dtype)
+    out[:, :, :text_len] = text.transpose(1, 2)
+    out[:, :, text_len:] = video.transpose(1, 2)
+    return out.transpose(1, 2)
+
+
 class AdaLayerNormZero(nn.Module):
     """One fp32 LayerNorm for both streams, modulated by temb; also returns the residual gates."""
 
@@ -229,7 +238,9 @@ class JointAttention(nn.Module):
         self.norm_added_q = self.norm_added_k = None
         if separate_text_weights:
             self.add_q_proj, self.add_k_proj, self.add_v_proj = (Linear(dim, inner) for _ in range(3))
-            self.norm_added_q, self.norm_added_k = (FP32LayerNorm(head_dim, eps=QK_NORM_EPS) for _ in range(2))
+            self.norm_added_q, self.norm_added_k = (
+                FP32LayerNorm(head_dim, eps=QK_NORM_EPS) for _ in range(2)
+            )
             self.to_add_out = Linear(inner, dim)
 
     def _qkv(self, x, to_q, to_k, to_v, norm_q, norm_k):
@@ -245,10 +256,9 @@ class JointAttention(nn.Module):
             )
         else:
             tq, tk, tv = self._qkv(text, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
-        dtype = vv.dtype
-        q = torch.cat([tq.to(dtype), apply_rope(vq, rope).to(dtype)], dim=1)
-        k = torch.cat([tk.to(dtype), apply_rope(vk, rope).to(dtype)], dim=1)
-        out = attend(q, k, torch.cat([tv, vv], dim=1)).flatten(2)
+        q = join_head_major(tq, apply_rope(vq, rope), vv.dtype)
+        k = join_head_major(tk, apply_rope(vk, rope), vv.dtype)
+        out = attend(q, k, join_head_major(tv, vv, vv.dtype)).flatten(2)
         text_out, video_out = out[:, : text.shape[1]], out[:, text.shape[1] :]
         if self.to_add_out is not None:
             text_out = self.to_add_out(text_out)
@@ -366,9 +376,8 @@ class VideoTransformer(ModelMixin):
         self.gradient_checkpointing = False
 
     def set_attention_backend(self, name: str) -> None:
-        """``"auto"`` (bf16 on CPU -> ``"chunked"``, else ``"sdpa"``), ``"sdpa"``, ``"chunked"`` or registered."""
-        if name not in attention_backends():
-            raise ValueError(f"unknown attention backend '{name}'; known: {attention_backends()}")
+        """``"auto"`` (CPU inference: ``"chunked"``, else ``"sdpa"``), ``"sdpa"``, ``"chunked"``, or registered."""
+        get_attention_backend(name)  # unknown names fail here, not at the next forward
         self.attention_backend = name
 
     @classmethod
@@ -436,7 +445,7 @@ class VideoTransformer(ModelMixin):
         video = video.flatten(2).transpose(1, 2).reshape(batch, -1, dim).float()
         text = self.text_proj(text_states.to(dtype)).float()
         rope = rotary_embedding(frames, grid_h, grid_w, c.attention_head_dim, p, device)
-        attend = resolve_attention_backend(self.attention_backend, dtype, device)
+        attend = get_attention_backend(self.attention_backend)
 
         for block in self.transformer_blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -459,8 +468,14 @@ def _check_config(c: VideoTransformerConfig) -> None:
     if c.activation_fn not in GELU_APPROXIMATION:
         raise ValueError(f"activation_fn={c.activation_fn!r}: supported {sorted(GELU_APPROXIMATION)}")
     if c.timestep_activation_fn not in ACTIVATIONS:
-        raise ValueError(f"timestep_activation_fn={c.timestep_activation_fn!r}: supported {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            f"timestep_activation_fn={c.timestep_activation_fn!r}: supported {sorted(ACTIVATIONS)}"
+        )
     if c.time_position_encoding_type != "3d_rope":
-        raise ValueError(f"time_position_encoding_type={c.time_position_encoding_type!r}: only '3d_rope' (V5.1)")
+        raise ValueError(
+            f"time_position_encoding_type={c.time_position_encoding_type!r}: only '3d_rope' (V5.1)"
+        )
     if c.attention_head_dim % 16:
-        raise ValueError(f"attention_head_dim={c.attention_head_dim} must be a multiple of 16 for the 3D RoPE split")
+        raise ValueError(
+            f"attention_head_dim={c.attention_head_dim} must be a multiple of 16 for the 3D RoPE split"
+        )

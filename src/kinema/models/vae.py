@@ -123,37 +123,51 @@ def _temporal_factor(block_types: tuple[str, ...], temporal: dict[str, bool]) ->
 
 
 class CausalConv3d(nn.Conv3d):
-    """A conv3d that only looks back in time, run chunk by chunk over a frame stream.
+    """A 3x3x3 conv that only looks back in time, run chunk by chunk over a stream of frames.
 
-    At the stream start the first frame is repeated (k-1) times in front; later chunks are prefixed
-    with the input frames the previous chunk left over, which the cache carries. Height and width use
-    ordinary zero padding. Parameters are nn.Conv3d's (``weight``, ``bias``).
+    Output frame j reads stream frames [j*stride, j*stride + 3). The stream starts with two copies of
+    the first frame (the reference's replicate padding); each later chunk is prefixed with the frames
+    the next window still needs, which the cache carries. Height and width are zero-padded as in a
+    plain conv. Parameters are nn.Conv3d's (``weight``, ``bias``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride=(1, 1, 1), padding: int = 1):
-        super().__init__(in_channels, out_channels, kernel_size=3, stride=stride, padding=(0, padding, padding))
+        super().__init__(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=(0, padding, padding)
+        )
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
-        k, stride = self.kernel_size[0], self.stride[0]
         tail = cache.get(self) if cache is not None else None
         if tail is None:
-            x = torch.cat([x[:, :, :1]] * (k - 1) + [x], dim=2)
-        else:
-            x = torch.cat([tail, x], dim=2)
-        num_out = (x.shape[2] - k) // stride + 1
+            tail = x[:, :, :1].expand(-1, -1, self.kernel_size[0] - 1, -1, -1)
+        stream = torch.cat([tail, x], dim=2)
         if cache is not None:
-            # The next window starts at frame num_out * stride. Clone: a view would pin all of x.
-            cache[self] = x[:, :, num_out * stride :].clone()
-        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
+            next_start = (stream.shape[2] - self.kernel_size[0]) // self.stride[0] * self.stride[
+                0
+            ] + self.stride[0]
+            cache[self] = stream[:, :, next_start:].clone()  # a copy: a view would pin the whole chunk
+        # One conv over the chunk (the reference loops over 3-frame windows in Python).
+        return F.conv3d(stream, self.weight, self.bias, self.stride, self.padding)
 
 
 def frame_group_norm(x: torch.Tensor, norm: nn.GroupNorm, per_frame: bool) -> torch.Tensor:
-    """Group norm of a (B, C, T, H, W) tensor, with statistics per frame or over all T frames."""
+    """Group norm of a (B, C, T, H, W) tensor, with statistics per frame or over all T frames.
+
+    The per-frame result is a (B, C, T, H, W) view of frame-major memory; the next conv's input
+    concatenation turns it back, so the layout change costs one copy each way.
+    """
     if not per_frame:
         return norm(x)
     b, c, t, h, w = x.shape
     frames = x.transpose(1, 2).reshape(b * t, c, h, w)
     return norm(frames).reshape(b, t, c, h, w).transpose(1, 2)
+
+
+def activate(x: torch.Tensor, act: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """The nonlinearity, in place when no autograd graph is recorded (saves a large allocation)."""
+    if torch.is_grad_enabled() or act is F.gelu:
+        return act(x)
+    return act(x, inplace=True)
 
 
 class ResidualBlock3D(nn.Module):
@@ -170,9 +184,9 @@ class ResidualBlock3D(nn.Module):
         self.per_frame_norm = per_frame_norm
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
-        h = self.conv1(self.act(frame_group_norm(x, self.norm1, self.per_frame_norm)), cache)
-        h = self.conv2(self.act(frame_group_norm(h, self.norm2, self.per_frame_norm)), cache)
-        return h + (self.shortcut(x) if self.shortcut is not None else x)
+        h = self.conv1(activate(frame_group_norm(x, self.norm1, self.per_frame_norm), self.act), cache)
+        h = self.conv2(activate(frame_group_norm(h, self.norm2, self.per_frame_norm), self.act), cache)
+        return h.add_(self.shortcut(x) if self.shortcut is not None else x)  # h is fresh: safe in place
 
 
 class Downsampler(nn.Module):
@@ -201,7 +215,7 @@ class Upsampler(nn.Module):
             return x
         at_stream_start = cache is None or self not in cache
         if cache is not None:
-            cache[self] = True
+            cache[self] = True  # the stream has started: from now on every frame is doubled
         first, rest = (x[:, :, :1], x[:, :, 1:]) if at_stream_start else (None, x)
         if rest.shape[2]:
             if self.trilinear:
@@ -253,7 +267,13 @@ class Encoder(nn.Module):
             down = None if last else Downsampler(width, temporal=DOWN_BLOCK_TYPES[block_type])
             self.down_blocks.append(
                 ResidualStack(
-                    in_width, width, config.layers_per_block, config, per_frame, None if last else "downsampler", down
+                    in_width,
+                    width,
+                    config.layers_per_block,
+                    config,
+                    per_frame,
+                    None if last else "downsampler",
+                    down,
                 )
             )
         self.mid_block = ResidualStack(widths[-1], widths[-1], config.layers_per_block, config, per_frame)
@@ -267,7 +287,9 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x, cache)
         x = self.mid_block(x, cache)
-        return self.conv_out(self.act(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm)), cache)
+        return self.conv_out(
+            activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act), cache
+        )
 
 
 class Decoder(nn.Module):
@@ -276,7 +298,9 @@ class Decoder(nn.Module):
         widths, per_frame = config.block_out_channels[::-1], config.spatial_group_norm
         self.conv_in = CausalConv3d(config.latent_channels, widths[0])
         # The reference's decoder mid block always normalises per frame, whatever spatial_group_norm says.
-        self.mid_block = ResidualStack(widths[0], widths[0], config.layers_per_block, config, per_frame_norm=True)
+        self.mid_block = ResidualStack(
+            widths[0], widths[0], config.layers_per_block, config, per_frame_norm=True
+        )
         self.up_blocks = nn.ModuleList()
         for i, block_type in enumerate(config.up_block_types):
             in_width, width = widths[max(i - 1, 0)], widths[i]
@@ -284,7 +308,13 @@ class Decoder(nn.Module):
             up = None if last else Upsampler(width, UP_BLOCK_TYPES[block_type], trilinear=not per_frame)
             self.up_blocks.append(
                 ResidualStack(
-                    in_width, width, config.layers_per_block + 1, config, per_frame, None if last else "upsampler", up
+                    in_width,
+                    width,
+                    config.layers_per_block + 1,
+                    config,
+                    per_frame,
+                    None if last else "upsampler",
+                    up,
                 )
             )
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, widths[-1], eps=NORM_EPS)
@@ -296,7 +326,9 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z, cache), cache)
         for block in self.up_blocks:
             x = block(x, cache)
-        return self.conv_out(self.act(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm)), cache)
+        return self.conv_out(
+            activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act), cache
+        )
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -375,14 +407,14 @@ class VideoVAE(ModelMixin):
     def enable_tiling(self, tile_size: int = 256, overlap: int = 64) -> None:
         """Encode/decode frames larger than ``tile_size`` pixels as overlapping tiles, blended linearly.
 
-        Both are in video pixels and must be multiples of the spatial compression (8); the overlap
-        must be smaller than half the tile.
+        Both are in video pixels and must be multiples of the spatial compression (8), with
+        0 <= overlap < tile_size.
         """
         s = self.config.spatial_compression
-        if tile_size % s or overlap % s or tile_size <= 0 or overlap < 0 or 2 * overlap >= tile_size:
+        if tile_size % s or overlap % s or not 0 <= overlap < tile_size:
             raise ValueError(
                 f"tile_size={tile_size}, overlap={overlap}: both must be multiples of {s} with "
-                f"0 <= 2 * overlap < tile_size"
+                f"0 <= overlap < tile_size"
             )
         self.tile_size, self.tile_overlap = tile_size, overlap
 
@@ -499,14 +531,16 @@ def _check_tensor(x, name: str, dims: tuple[str, ...]) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != len(dims):
         hint = " (for images add a frame axis: x.unsqueeze(2))" if x.ndim == len(dims) - 1 else ""
-        raise ValueError(f"{name} must be {len(dims)}-D ({', '.join(dims)}); got shape {tuple(x.shape)}{hint}")
+        raise ValueError(
+            f"{name} must be {len(dims)}-D ({', '.join(dims)}); got shape {tuple(x.shape)}{hint}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
 

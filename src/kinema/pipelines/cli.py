@@ -35,7 +35,6 @@ def register(subparsers) -> None:
             "(I2V, InP models), --video [--mask] (V2V / inpainting), --control-video / --trajectory "
             "(Control models), --camera (Camera models), --chunk-frames (long video, InP models)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_dataclass_arguments(parser, GenerationConfig)
     parser.set_defaults(func=run)

@@ -237,6 +237,23 @@ def merge_lora(model: nn.Module, lora: dict[str, dict[str, torch.Tensor]], weigh
 
 # ---- the loader -------------------------------------------------------------------------------------
 
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _cached_tokenizer(folder: Path):
+    """Load a tokenizer folder once per process (keyed by its files' content; ~4 s for Qwen2-VL's)."""
+    import hashlib
+
+    from kinema.text import load_tokenizer
+
+    digest = hashlib.sha1()
+    for file in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    key = digest.hexdigest()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(folder)
+    return _TOKENIZERS[key]
+
 
 def load_pipeline(
     path: str | os.PathLike,
@@ -278,9 +295,9 @@ def load_pipeline(
     vae_model = VideoVAE.from_pretrained(folders["vae"], torch_dtype=dtype, device=load_device)
     encoder = None
     if folders["text_encoder"] is not None:
-        from kinema.text import PromptEncoder, load_tokenizer
+        from kinema.text import PromptEncoder
 
-        tokenizer = load_tokenizer(folders["tokenizer"])
+        tokenizer = _cached_tokenizer(folders["tokenizer"])
         encoder = PromptEncoder.from_pretrained(
             folders["text_encoder"], tokenizer=tokenizer, dtype=dtype, device=load_device
         )

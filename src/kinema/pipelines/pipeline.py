@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -631,7 +632,7 @@ class VideoPipeline:
                     f"latents must be (B, {expected[0]}, {expected[1]}, h, w); got {tuple(latents.shape)}"
                 )
         if generator is None:
-            seed = int(torch.seed() % 2**63) if seed is None else int(seed)
+            seed = secrets.randbits(63) if seed is None else int(seed)  # recorded in the output
             generator = torch.Generator("cpu").manual_seed(seed)
         memory_mode = self._resolve_memory(cond.height, cond.width, cond.frames, guidance_scale, vae_tiling)
 

@@ -83,7 +83,9 @@ def unproject_to_plane(pix: np.ndarray, poses: CameraPoses, height: int, width: 
     return (pc - t) @ r  # R^T (p - t), row-vector form
 
 
-def fit_similarity(src: np.ndarray, dst: np.ndarray, center: tuple[float, float]) -> tuple[float, float, float]:
+def fit_similarity(
+    src: np.ndarray, dst: np.ndarray, center: tuple[float, float]
+) -> tuple[float, float, float]:
     """Least-squares (s, tx, ty) with dst - c = s * (src - c) + t (no rotation)."""
     c = np.asarray(center, dtype=np.float64)
     a = np.asarray(src, dtype=np.float64) - c
@@ -130,7 +132,9 @@ def camera_label_from_poses(poses: CameraPoses, height: int, width: int) -> str:
     return camera_label_from_motion(s, tx, ty, height, width)
 
 
-def write_pose_file(path: str | Path, poses: CameraPoses, fps: float = 8.0, header: str = POSE_HEADER) -> None:
+def write_pose_file(
+    path: str | Path, poses: CameraPoses, fps: float = 8.0, header: str = POSE_HEADER
+) -> None:
     """Write a CameraCtrl / RealEstate10K pose file.
 
     Line 1 is a header (RealEstate10K puts the video URL there; CameraCtrl and EasyAnimate skip it).

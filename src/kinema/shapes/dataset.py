@@ -105,10 +105,17 @@ def write_dataset(
                 t = int(rng.integers(frames))
                 name = f"images/{i:06d}.png"
                 Image.fromarray(clip.frames[t]).save(out / name)
-                spec = SceneSpec(tuple(ObjectSpec(o.color, o.shape) for o in spec.objects), spec.background, None)
+                spec = SceneSpec(
+                    tuple(ObjectSpec(o.color, o.shape) for o in spec.objects), spec.background, None
+                )
                 mention_bg = bool(rng.random() < mention_background_prob)
                 texts = make_prompts(spec, rng, phrasings, langs, mention_bg, False)
-                rec.update(type="image", file_path=name, num_frames=1, tracks=_round_tracks(clip.tracks[:, t : t + 1]))
+                rec.update(
+                    type="image",
+                    file_path=name,
+                    num_frames=1,
+                    tracks=_round_tracks(clip.tracks[:, t : t + 1]),
+                )
                 rec.update(camera="static", pose_file=None)
             else:
                 name = f"videos/{i:06d}.mp4"
@@ -119,7 +126,13 @@ def write_dataset(
                 cam_p = mention_camera_prob if spec.camera != "static" else 0.1
                 mention_cam = bool(rng.random() < cam_p)
                 texts = make_prompts(spec, rng, phrasings, langs, mention_bg, mention_cam)
-                rec.update(type="video", file_path=name, num_frames=frames, fps=fps, tracks=_round_tracks(clip.tracks))
+                rec.update(
+                    type="video",
+                    file_path=name,
+                    num_frames=frames,
+                    fps=fps,
+                    tracks=_round_tracks(clip.tracks),
+                )
                 rec.update(camera=clip.camera, pose_file=pose_name)
             pool = [t for lang in langs for t in texts[lang]]
             rec["text"] = pool[int(rng.integers(len(pool)))]

@@ -19,6 +19,7 @@ from .spec import SHAPES
 FG_THRESHOLD = 20.0
 MIN_BLOB_FRACTION = 0.0025  # of the frame area (10 px at 64x64)
 UNKNOWN_COLOR_DELTA_E = 40.0
+SPLIT_DELTA_E = 25.0  # core pixels this close to a palette colour may split a merged blob
 
 
 @dataclass
@@ -126,17 +127,49 @@ def segment(video: np.ndarray, fg_threshold: float = FG_THRESHOLD) -> Segmentati
     big[0] = False
     objects = big[labels]
     for comp in np.nonzero(big)[0]:
-        t, ys, xs = np.nonzero(labels == comp)
-        blobs[t[0]].append(_measure_blob(int(t[0]), ys, xs, lab[t[0]], fg[t[0]], labels[t[0]] == comp, bg[t[0]]))
+        t = int(np.nonzero(labels == comp)[0][0])
+        for part in _split_by_color(lab[t], labels[t] == comp, min_px):
+            blobs[t].append(_measure_blob(t, lab[t], fg[t], part, bg[t]))
     for b in blobs:
         b.sort(key=lambda x: -x.area)
     return Segmentation(lab, fg, objects, bg, blobs)
 
 
-def _measure_blob(
-    t: int, ys: np.ndarray, xs: np.ndarray, lab: np.ndarray, fg: np.ndarray, comp: np.ndarray, bg: np.ndarray
-) -> Blob:
+def _split_by_color(lab: np.ndarray, comp: np.ndarray, min_px: int) -> list[np.ndarray]:
+    """Split a component whose core holds two or more palette colours (touching objects) into one
+    mask per colour; each pixel goes to the colour whose core median it is closest to."""
+    core = erode(comp, 1)
+    if core.sum() < 2 * min_px:
+        return [comp]
+    d = np.linalg.norm(lab[core][:, None] - PALETTE_LAB[None], axis=-1)
+    cls = np.argmin(d, axis=1)
+    close = d.min(axis=1) <= SPLIT_DELTA_E
+    if close.mean() < 0.6:
+        return [comp]  # not a union of flat palette-coloured objects (e.g. noise): leave whole
+    counts = np.bincount(cls[close], minlength=len(PALETTE_LAB))
+    major = [k for k in np.argsort(-counts) if counts[k] >= max(min_px // 2, 0.15 * core.sum())]
+    if len(major) < 2:
+        return [comp]
+    centres = np.stack([np.median(lab[core][cls == k], axis=0) for k in major])
+    ys, xs = np.nonzero(comp)
+    owner = np.argmin(np.linalg.norm(lab[ys, xs][:, None] - centres[None], axis=-1), axis=1)
+    parts = []
+    for i in range(len(major)):
+        m = np.zeros_like(comp)
+        m[ys[owner == i], xs[owner == i]] = True
+        # Keep the largest connected piece: an object is one solid region, whereas a colour class
+        # inside noise is a scatter of small specks that must not count as an object.
+        sub, n = label_components(m)
+        if n:
+            sizes = np.bincount(sub.ravel())[1:]
+            if sizes.max() >= min_px:
+                parts.append(sub == 1 + int(np.argmax(sizes)))
+    return parts or [comp]
+
+
+def _measure_blob(t: int, lab: np.ndarray, fg: np.ndarray, comp: np.ndarray, bg: np.ndarray) -> Blob:
     h, w = comp.shape
+    ys, xs = np.nonzero(comp)
     pad = 4
     y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, h)
     x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, w)
@@ -293,7 +326,12 @@ def _lk_pair(
         ok = inner & (np.abs(dx) <= cx - 1) & (np.abs(dy) <= cy - 1)
         ok &= _bilinear(v0.astype(np.float64), xs - dx, ys - dy) > 0.999
         ok &= _bilinear(v1.astype(np.float64), xs + dx, ys + dy) > 0.999
-        ok &= (xs - np.abs(dx) >= 1) & (xs + np.abs(dx) <= w - 2) & (ys - np.abs(dy) >= 1) & (ys + np.abs(dy) <= h - 2)
+        ok &= (
+            (xs - np.abs(dx) >= 1)
+            & (xs + np.abs(dx) <= w - 2)
+            & (ys - np.abs(dy) >= 1)
+            & (ys + np.abs(dy) <= h - 2)
+        )
         if ok.sum() < 20:
             break
         gm = (g0w + g1w) / 2

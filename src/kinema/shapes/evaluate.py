@@ -25,7 +25,7 @@ import numpy as np
 from .camera import CameraPoses, camera_label_from_motion, camera_label_from_poses, plane_image_motion
 from .color import delta_e
 from .detect import Blob, Segmentation, classify_shape, dilate, estimate_camera_motion, palette_lab, segment
-from .spec import DIRECTION_VECTORS, DIRECTIONS, STATIC, SceneSpec
+from .spec import DIRECTIONS, STATIC, SceneSpec
 
 MIN_TRAVEL_FRACTION = 0.10  # net displacement below this fraction of min(H, W) counts as static
 MONOTONIC_FRACTION = 0.70  # share of frame steps that must advance along the net displacement
@@ -111,7 +111,9 @@ class ClipResult:
         d = asdict(self)
         d["camera_ok"] = self.camera_ok
         for o, od in zip(self.objects, d["objects"]):
-            od.update(color_ok=o.color_ok, shape_ok=o.shape_ok, direction_ok=o.direction_ok, path_ok=o.path_ok)
+            od.update(
+                color_ok=o.color_ok, shape_ok=o.shape_ok, direction_ok=o.direction_ok, path_ok=o.path_ok
+            )
         return d
 
 
@@ -189,7 +191,7 @@ def classify_direction(
 
 
 def classify_path(frames: np.ndarray, pos: np.ndarray) -> str:
-    """"straight", "arc" (one bulge) or "wave" (S-curve) from perpendicular deviation to the chord."""
+    """ "straight", "arc" (one bulge) or "wave" (S-curve) from perpendicular deviation to the chord."""
     chord = pos[-1] - pos[0]
     length = float(np.hypot(*chord))
     if len(pos) < 5 or length < 1e-6:
@@ -206,7 +208,9 @@ def classify_path(frames: np.ndarray, pos: np.ndarray) -> str:
     return "arc" if abs(b1) >= abs(b2) else "wave"
 
 
-def _to_frame0(pos: np.ndarray, frames: np.ndarray, motion: np.ndarray, height: int, width: int) -> np.ndarray:
+def _to_frame0(
+    pos: np.ndarray, frames: np.ndarray, motion: np.ndarray, height: int, width: int
+) -> np.ndarray:
     """Undo the camera: map frame-t pixel positions to frame-0 (world plane) pixels."""
     c = np.array([(width - 1) / 2, (height - 1) / 2])
     m = motion[frames]
@@ -355,11 +359,13 @@ def aggregate(results: list[ClipResult]) -> dict[str, Any]:
         "color_acc": _mean([o.color_ok for o in objs]),
         "shape_acc": _mean([o.shape_ok for o in objs]),
         "direction_acc": _mean([o.direction_ok for o in objs if o.direction_ok is not None]),
+        "direction_acc_moving": _mean([o.direction_ok for o in objs if o.direction in DIRECTIONS]),
         "path_acc": _mean([o.path_ok for o in objs if o.path_ok is not None]),
         "traj_err_px": _mean([o.traj_err_px for o in objs]),
         "traj_within_2px": _mean([o.traj_err_px < 2.0 for o in objs if o.traj_err_px is not None]),
         "jerk_px": _mean([o.jerk_px for o in objs]),
         "camera_acc": _mean([r.camera_ok for r in results if r.camera_ok is not None]),
+        "camera_acc_moving": _mean([r.camera_ok for r in results if r.camera not in (None, "static")]),
         "camera_err_px": _mean([r.camera_err_px for r in results]),
         "first_frame_psnr": _mean([r.first_frame_psnr for r in results]),
         "last_frame_psnr": _mean([r.last_frame_psnr for r in results]),
@@ -387,11 +393,13 @@ _ROWS = [
     ("color_acc", "color accuracy", "{:.1%}"),
     ("shape_acc", "shape accuracy", "{:.1%}"),
     ("direction_acc", "direction accuracy", "{:.1%}"),
+    ("direction_acc_moving", "  moving objects only", "{:.1%}"),
     ("path_acc", "path accuracy", "{:.1%}"),
     ("traj_err_px", "trajectory error (px)", "{:.2f}"),
     ("traj_within_2px", "trajectory < 2 px", "{:.1%}"),
     ("jerk_px", "centroid jerk (px)", "{:.2f}"),
     ("camera_acc", "camera accuracy", "{:.1%}"),
+    ("camera_acc_moving", "  moving cameras only", "{:.1%}"),
     ("camera_err_px", "camera motion error (px)", "{:.2f}"),
     ("first_frame_psnr", "first-frame PSNR (dB)", "{:.2f}"),
     ("last_frame_psnr", "last-frame PSNR (dB)", "{:.2f}"),
@@ -465,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="square frame size")
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--no-corruptions", action="store_true")
-    ap.add_argument("--dataset", type=Path, help="evaluate the videos of a dataset directory (metadata.jsonl)")
+    ap.add_argument(
+        "--dataset", type=Path, help="evaluate the videos of a dataset directory (metadata.jsonl)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="with --dataset: at most this many clips")
     ap.add_argument("--json", type=Path, help="also write results here")
     args = ap.parse_args(argv)

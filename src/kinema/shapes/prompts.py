@@ -71,14 +71,26 @@ _EN = _Lang(
         "left": ["from right to left", "to the left", "leftward"],
         "up": ["from bottom to top", "upward", "up"],
         "down": ["from top to bottom", "downward", "down"],
-        "up_right": ["from the bottom left to the top right", "diagonally up and to the right", "toward the top right"],
-        "up_left": ["from the bottom right to the top left", "diagonally up and to the left", "toward the top left"],
+        "up_right": [
+            "from the bottom left to the top right",
+            "diagonally up and to the right",
+            "toward the top right",
+        ],
+        "up_left": [
+            "from the bottom right to the top left",
+            "diagonally up and to the left",
+            "toward the top left",
+        ],
         "down_right": [
             "from the top left to the bottom right",
             "diagonally down and to the right",
             "toward the bottom right",
         ],
-        "down_left": ["from the top right to the bottom left", "diagonally down and to the left", "toward the bottom left"],
+        "down_left": [
+            "from the top right to the bottom left",
+            "diagonally down and to the left",
+            "toward the bottom left",
+        ],
     },
     parse_directions={
         "right": ["towards the right", "right"],
@@ -246,7 +258,12 @@ _JA = _Lang(
             "{np}がじっとしている",
             "{np}がじっとしていて",
         ),
-        ("{np}は{path}{dir}動いている", "{np}は{path}{dir}動いていて", "{np}は止まったままだ", "{np}は止まったままで"),
+        (
+            "{np}は{path}{dir}動いている",
+            "{np}は{path}{dir}動いていて",
+            "{np}は止まったままだ",
+            "{np}は止まったままで",
+        ),
     ],
     joins=[("conn", "、"), ("final", "。")],
     backgrounds={
@@ -309,7 +326,12 @@ _KO = _Lang(
     path_regex={"arc": "호를", "wave": "물결|구불구불"},
     static_regex="가만히|멈춰|움직이지 않",
     styles=[
-        ("{np}{ga} {path}{dir} 움직인다", "{np}{ga} {path}{dir} 움직이고", "{np}{ga} 가만히 있다", "{np}{ga} 가만히 있고"),
+        (
+            "{np}{ga} {path}{dir} 움직인다",
+            "{np}{ga} {path}{dir} 움직이고",
+            "{np}{ga} 가만히 있다",
+            "{np}{ga} 가만히 있고",
+        ),
         (
             "{np}{ga} {path}{dir} 이동한다",
             "{np}{ga} {path}{dir} 이동하고",

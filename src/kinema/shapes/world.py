@@ -21,7 +21,6 @@ from .spec import (
     CAMERAS,
     COLORS,
     DIRECTION_VECTORS,
-    DIRECTIONS,
     HELD_OUT_COMBOS,
     PATHS,
     SHAPES,
@@ -216,7 +215,9 @@ def render_scene(scene: Scene) -> Clip:
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
-def _sample_background(rng: np.random.Generator, kind: str, h: int, w: int, extent: float) -> BackgroundInstance:
+def _sample_background(
+    rng: np.random.Generator, kind: str, h: int, w: int, extent: float
+) -> BackgroundInstance:
     f = focal_px(w)
     m = min(h, w)
     lum = rng.uniform(22, 55)
@@ -320,7 +321,9 @@ def _place_object(
         radius = rad / zs
         if not _in_frame(track, radius, h, w):
             continue
-        if any((np.linalg.norm(track - t2, axis=1) < radius + r2 + 2.0).any() for t2, r2 in others):
+        # Keep a clear gap between objects so their (anti-aliased, codec-smeared) edges never touch.
+        gap = 4.0 * m / 64
+        if any((np.linalg.norm(track - t2, axis=1) < radius + r2 + gap).any() for t2, r2 in others):
             continue
         return ob, track, radius
     return None
@@ -361,15 +364,19 @@ def sample_scene(
     extent = float(np.abs(centers[:, :2]).max() + zs.max() * max(height, width) / focal_px(width)) + 0.2
     background = _sample_background(rng, bg_kind, height, width, extent)
 
+    # Draw the object count once: redrawing it after a failed placement would bias scenes
+    # towards a single object (two objects fail to fit more often).
+    n = 2 if rng.random() < two_object_prob else 1
     for attempt in range(100):
-        # Only a hard given spec (two objects, zoom-in) gets here; shorter travel makes it fit.
+        # After many failures (only seen with hard given specs, e.g. two objects + zoom-in),
+        # shorter travel makes the scene fit.
         travel_scale = 1.0 if attempt < 40 else 0.75
         if spec is not None:
             ospecs = [
-                o if o.direction is not None else replace(o, direction=STATIC, path="straight") for o in spec.objects
+                o if o.direction is not None else replace(o, direction=STATIC, path="straight")
+                for o in spec.objects
             ]
         else:
-            n = 2 if rng.random() < two_object_prob else 1
             ospecs, used = [], set()
             for _ in range(n):
                 o = _sample_object_spec(rng, split, used, allow_static=cam_label != "static")
@@ -390,9 +397,7 @@ def sample_scene(
     raise RuntimeError("could not place the objects in frame; try a larger resolution or fewer objects")
 
 
-def render_from_spec(
-    spec: SceneSpec, seed: int, height: int = 64, width: int = 64, frames: int = 17
-) -> Clip:
+def render_from_spec(spec: SceneSpec, seed: int, height: int = 64, width: int = 64, frames: int = 17) -> Clip:
     """Render a ground-truth clip for a (possibly parsed, partially specified) scene spec."""
     return render_scene(sample_scene(np.random.default_rng(seed), spec, height, width, frames))
 
@@ -401,4 +406,6 @@ def random_clip(
     seed: int, height: int = 64, width: int = 64, frames: int = 17, split: str = "train", **kwargs
 ) -> Clip:
     """Sample and render a random scene."""
-    return render_scene(sample_scene(np.random.default_rng(seed), None, height, width, frames, split, **kwargs))
+    return render_scene(
+        sample_scene(np.random.default_rng(seed), None, height, width, frames, split, **kwargs)
+    )

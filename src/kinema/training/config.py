@@ -16,12 +16,13 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 MODES = ("t2v", "i2v", "control", "camera", "vae")
 TIMESTEP_DENSITIES = ("uniform", "logit_normal", "mode")
@@ -200,6 +201,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping
     max_nonfinite_steps: int = 5  # abort (after saving a checkpoint) after this many bad steps in a row
     train_text_encoder: bool = False  # not supported yet; kept explicit so configs fail loudly
+    cpu_threads: int = 0  # torch.set_num_threads on CPU runs (0 = torch's default); tiny models: use 1
 
 
 @dataclass
@@ -307,7 +309,9 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
         close = difflib.get_close_matches(key, names, n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
         raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-    kwargs = {name: _convert(hints[name], data[name], f"{prefix}{name}", source) for name in names if name in data}
+    kwargs = {
+        name: _convert(hints[name], data[name], f"{prefix}{name}", source) for name in names if name in data
+    }
     return cls(**kwargs)
 
 
@@ -331,8 +335,12 @@ def _convert(tp: Any, value: Any, name: str, source: str) -> Any:
                 return _convert(option, value, name, source)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{source}: '{name}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(
+                f"{source}: '{name}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            )
         )
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, prefix=f"{name}.", source=source)
@@ -400,7 +408,9 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
                f"must be 4k+1 (1, 5, 9, ..., 49), got {s.max_frames}")  # fmt: skip
         _check(bool(s.resolutions), source, f"{n}.resolutions", "must list at least one size")
         for j, r in enumerate([*s.resolutions, *s.image_resolutions]):
-            _check(r >= 16 and r % 16 == 0, source, f"{n}.resolutions[{j}]", f"must be a multiple of 16, got {r}")
+            _check(
+                r >= 16 and r % 16 == 0, source, f"{n}.resolutions[{j}]", f"must be a multiple of 16, got {r}"
+            )
         _check(s.lr is None or s.lr > 0, source, f"{n}.lr", f"must be > 0, got {s.lr}")
         for t in s.filter.types:
             _check_choice(t, SAMPLE_TYPES, source, f"{n}.filter.types")
@@ -409,7 +419,12 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check(0.0 <= d.start_fraction < d.end_fraction <= 1.0, source, "data.start_fraction",
            f"and data.end_fraction must satisfy 0 <= start < end <= 1, got {d.start_fraction}, {d.end_fraction}")  # fmt: skip
     _check(d.num_workers >= 0, source, "data.num_workers", "must be >= 0")
-    _check(d.aspect_step >= 16 and d.aspect_step % 16 == 0, source, "data.aspect_step", "must be a multiple of 16")
+    _check(
+        d.aspect_step >= 16 and d.aspect_step % 16 == 0,
+        source,
+        "data.aspect_step",
+        "must be a multiple of 16",
+    )
     f = c.flow
     _check_choice(f.timestep_density, TIMESTEP_DENSITIES, source, "flow.timestep_density")
     _check(f.logit_std > 0, source, "flow.logit_std", "must be > 0")
@@ -427,6 +442,7 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check(t.gradient_accumulation_steps >= 1, source, "train.gradient_accumulation_steps", "must be >= 1")
     _check(t.max_grad_norm >= 0, source, "train.max_grad_norm", "must be >= 0")
     _check(t.max_nonfinite_steps >= 1, source, "train.max_nonfinite_steps", "must be >= 1")
+    _check(t.cpu_threads >= 0, source, "train.cpu_threads", "must be >= 0")
     _check(not t.train_text_encoder, source, "train.train_text_encoder",
            "is not supported: kinema trains with a frozen text encoder")  # fmt: skip
     o = c.optimizer
@@ -436,7 +452,9 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check_choice(c.scheduler.name, LR_SCHEDULES, source, "scheduler.name")
     _check(c.scheduler.warmup_steps >= 0, source, "scheduler.warmup_steps", "must be >= 0")
     if c.lora.enabled:
-        _check(c.mode != "vae", source, "lora.enabled", "LoRA trains the transformer; mode 'vae' trains the VAE")
+        _check(
+            c.mode != "vae", source, "lora.enabled", "LoRA trains the transformer; mode 'vae' trains the VAE"
+        )
         _check(c.lora.rank >= 1, source, "lora.rank", "must be >= 1")
         _check(bool(c.lora.target_modules), source, "lora.target_modules", "must not be empty")
     _check(0 < c.ema.decay < 1, source, "ema.decay", f"must be in (0, 1), got {c.ema.decay}")
@@ -456,7 +474,9 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
 
 def check_paths(c: RunConfig, source: str = "config") -> None:
     """File checks, run before anything heavy is loaded."""
-    _check(bool(c.data.root), source, "data.root", "must be set (the folder the metadata paths are relative to)")
+    _check(
+        bool(c.data.root), source, "data.root", "must be set (the folder the metadata paths are relative to)"
+    )
     root = Path(c.data.root)
     _check(root.is_dir(), source, "data.root", f"folder '{root}' does not exist")
     meta = Path(c.data.metadata)

@@ -32,7 +32,9 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard == "on" and not tensorboard_available():
-            raise ValueError("logging.tensorboard = 'on' needs the tensorboard package (pip install tensorboard)")
+            raise ValueError(
+                "logging.tensorboard = 'on' needs the tensorboard package (pip install tensorboard)"
+            )
         if tensorboard in ("on", "auto") and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
 

@@ -76,9 +76,19 @@ def lora_metadata(config: LoRAConfig) -> dict[str, str]:
     return {"format": "pt", METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
 
 
-def save_lora(path: str | Path, state: dict[str, torch.Tensor], config: LoRAConfig) -> Path:
+def save_lora(
+    path: str | Path, state: dict[str, torch.Tensor], config: LoRAConfig, fold_alpha: bool = False
+) -> Path:
+    """Write a LoRA file. ``fold_alpha`` scales ``lora_B`` by ``alpha / rank`` and records ``alpha = rank``:
+    the same model for every loader, including those that ignore the metadata (they assume alpha = rank).
+    Checkpoints keep the raw weights (exact resume); exported files fold.
+    """
     path = Path(path)
     tensors = {k: v.contiguous() for k, v in state.items()}
+    if fold_alpha and config.alpha != config.rank:
+        factor = config.alpha / config.rank
+        tensors = {k: (v * factor if ".lora_B." in k else v).contiguous() for k, v in tensors.items()}
+        config = LoRAConfig(**{**config.__dict__, "alpha": float(config.rank)})
     _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=lora_metadata(config)))
     return path
 
@@ -130,7 +140,9 @@ def merge_lora(model: nn.Module, lora: str | Path | dict[str, torch.Tensor], sca
         rank = a.shape[0]
         delta = b.float() @ a.float()
         if delta.shape != layer.weight.shape:
-            raise ValueError(f"LoRA '{path}': delta {tuple(delta.shape)} != weight {tuple(layer.weight.shape)}")
+            raise ValueError(
+                f"LoRA '{path}': delta {tuple(delta.shape)} != weight {tuple(layer.weight.shape)}"
+            )
         factor = scale * (float(alpha) / rank if alpha is not None else 1.0)
         layer.weight.add_((delta * factor).to(layer.weight.dtype))
         merged += 1

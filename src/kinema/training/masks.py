@@ -40,7 +40,9 @@ def _box(rng: np.random.Generator, height: int, width: int, centred: bool) -> tu
     return slice(top, top + bh), slice(left, left + bw)
 
 
-def random_inpaint_mask(kind: str, frames: int, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+def random_inpaint_mask(
+    kind: str, frames: int, height: int, width: int, rng: np.random.Generator
+) -> torch.Tensor:
     """A (1, F, H, W) float mask of the given kind; 1 = generate, 0 = keep.
 
     Kinds: ``full`` (generate everything: T2V), ``first_frame`` (I2V), ``first_last`` (start and end
@@ -105,9 +107,7 @@ def add_reference_noise(video: torch.Tensor, sigmas: torch.Tensor, noise: torch.
     return video + torch.where(video == -1, torch.zeros_like(noise), noise)
 
 
-def inpaint_latents(
-    mask: torch.Tensor, masked_latents: torch.Tensor, scaling_factor: float
-) -> torch.Tensor:
+def inpaint_latents(mask: torch.Tensor, masked_latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """cat[resize(1 - mask) * scaling, masked_latents] with zeros for fully masked (T2V) samples.
 
     ``mask`` is (B, 1, F, H, W) in pixels, ``masked_latents`` the scaled VAE mode of the masked video.

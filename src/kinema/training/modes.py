@@ -75,7 +75,9 @@ class I2VMode(ModeSpec):
         if cfg.noise_aug_fixed is not None:
             sigmas = torch.full((b,), cfg.noise_aug_fixed)
         else:
-            sigmas = torch.exp(cfg.noise_aug_log_mean + cfg.noise_aug_log_std * ctx.rand.randn("noise_aug_sigma", ()))
+            sigmas = torch.exp(
+                cfg.noise_aug_log_mean + cfg.noise_aug_log_std * ctx.rand.randn("noise_aug_sigma", ())
+            )
         noise = ctx.rand.randn("noise_aug", tuple(pixels.shape[1:]), device=pixels.device, dtype=pixels.dtype)
         video = add_reference_noise(video, sigmas.to(pixels.device), noise)
         masked = ctx.encode_mode(video)

@@ -1,15 +1,18 @@
-"""Preview sampling during training: a minimal flow-matching Euler sampler with classifier-free guidance.
+"""Preview videos during training.
 
-This is for "how is training going" videos, not the generation pipeline (``kinema generate``): prompts
-only, conditioning inputs (inpaint / control latents) are zeros, i.e. the InP model's T2V path and the
-Control model without control. Sigmas follow FlowMatchEulerDiscreteScheduler with dynamic shifting at
-``mu = 1`` as the V5.1 pipelines use it: ``sigma' = e / (e + 1/sigma - 1)``.
+:func:`preview_video` uses kinema's generation pipeline (``kinema.pipelines.VideoPipeline``, the code
+behind ``kinema generate``) when it is importable, so previews look exactly like later generations;
+otherwise :func:`sample_preview`, a minimal flow-matching Euler sampler with classifier-free guidance.
+Both are prompt-only: InP models take their T2V path, Control/Camera models run without control.
+Sigmas of the fallback follow FlowMatchEulerDiscreteScheduler with dynamic shifting at ``mu = 1`` as the
+V5.1 pipelines use it: ``sigma' = e / (e + 1/sigma - 1)``.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from kinema.videoio import tensor_to_frames
@@ -68,5 +71,30 @@ def sample_preview(
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         video = vae.decode((x / vae.config.scaling_factor).to(vae.dtype), chunk_latent_frames=None)
         return tensor_to_frames(video.float())[0]
+    finally:
+        transformer.train(was_training)
+
+
+def preview_video(transformer, vae, text_encoder, prompt: str, *, height: int, width: int, frames: int,
+                  steps: int, guidance: float, seed: int, device) -> np.ndarray:  # fmt: skip
+    """uint8 (F, H, W, 3): through ``VideoPipeline`` if available, else :func:`sample_preview`."""
+    try:
+        from kinema.pipelines import VideoPipeline
+    except ImportError:
+        VideoPipeline = None  # noqa: N806
+    if VideoPipeline is None:
+        return sample_preview(
+            transformer, vae, text_encoder, prompt, height=height, width=width, frames=frames, steps=steps,
+            guidance=guidance, seed=seed, device=device,
+        )  # fmt: skip
+    was_training = transformer.training
+    try:
+        pipe = VideoPipeline(transformer, vae, text_encoder, device=device, memory_mode="none")
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(
+            prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+            guidance_scale=guidance, seed=seed, output_type="np",
+        )  # fmt: skip
+        return out.frames[0]
     finally:
         transformer.train(was_training)

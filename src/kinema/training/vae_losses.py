@@ -124,7 +124,9 @@ def reconstruction_losses(
     diff = recon.float() - video.float()
     l1 = (diff.abs() * mask).sum() / count
     l2 = (diff.pow(2) * mask).sum() / count
-    kl_per_sample = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1)
+    kl_per_sample = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(
+        1
+    )
     kl = (kl_per_sample * weights.to(kl_per_sample.device)).mean()
     out = {"l1": l1, "l2": l2, "kl": kl}
     total = config.l1_weight * l1 + config.l2_weight * l2 + config.kl_weight * kl
