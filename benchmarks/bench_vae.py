@@ -12,6 +12,11 @@ GFLOP counts the convolutions (torch.utils.flop_counter on a 16x16 input, scaled
 as every conv's output area is proportional to the frame area). The conv peak is measured here too
 (one large conv3d at the same thread count), since the nominal figures depend on the machine's load.
 Not a test: it prints a table.
+
+    .venv/bin/python benchmarks/bench_vae.py --accuracy     # error figures instead of timings
+
+measures, on the same default-size random-weight model and a smooth synthetic 9-frame video: chunked
+vs one-pass, bfloat16 vs float32, and spatial tiling vs untiled (256x256 frames).
 """
 
 from __future__ import annotations
@@ -117,6 +122,68 @@ def conv_gflop(op: str, frames: int) -> float:
     return counter.get_total_flops() * (SIZE // 16) ** 2 / 1e9
 
 
+def synthetic_video(frames: int, size: int) -> "torch.Tensor":
+    """A smooth moving pattern in [-1, 1], more image-like than uniform noise."""
+    import torch
+
+    t = torch.arange(frames).view(-1, 1, 1).float()
+    y = torch.linspace(0, 1, size).view(1, -1, 1)
+    x = torch.linspace(0, 1, size).view(1, 1, -1)
+    channels = [
+        torch.sin(6.0 * x + 4.0 * y + 0.3 * t),
+        torch.cos(9.0 * x * y - 0.2 * t),
+        torch.sin(12.0 * (x - 0.5) ** 2 + 12.0 * (y - 0.5) ** 2 + 0.25 * t),
+    ]
+    return torch.stack(channels).unsqueeze(0).clamp(-1, 1)
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    import torch
+
+    from kinema.models import VideoVAE
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = VideoVAE.from_config().eval()
+
+    def report(name: str, value: torch.Tensor, reference: torch.Tensor) -> None:
+        err = (value.float() - reference.float()).abs()
+        rms = reference.float().pow(2).mean().sqrt()
+        print(f"{name:48} max {err.max():.2e}  mean {err.mean():.2e}  (reference RMS {rms:.3f})")
+
+    print(
+        f"# default config, random weights (seed {args.seed}), smooth synthetic video, {args.threads} threads"
+    )
+    with torch.no_grad():
+        video = synthetic_video(9, SIZE)
+        post = model.encode(video, chunk_latent_frames=None)
+        z = post.mean
+        decoded = model.decode(z, chunk_latent_frames=None)
+        for chunk in (1, 2):
+            report(f"encode mean, chunks of {chunk} vs one pass", model.encode(video, chunk).mean, post.mean)
+            report(f"decode, chunks of {chunk} vs one pass", model.decode(z, chunk), decoded)
+
+        model.to(torch.bfloat16)
+        report("encode mean, bfloat16 vs float32", model.encode(video).mean, post.mean)
+        report("decode, bfloat16 vs float32", model.decode(z), decoded)
+        model.to(torch.float32)
+
+        big = synthetic_video(9, 256)
+        post_big = model.encode(big)
+        decoded_big = model.decode(post_big.mean)
+        for tile, overlap in ((128, 32), (192, 64)):
+            model.enable_tiling(tile, overlap)
+            report(
+                f"256x256 encode mean, tiles {tile}/{overlap} vs untiled",
+                model.encode(big).mean,
+                post_big.mean,
+            )
+            report(
+                f"256x256 decode, tiles {tile}/{overlap} vs untiled", model.decode(post_big.mean), decoded_big
+            )
+        model.disable_tiling()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,12 +194,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; the best time is kept")
     parser.add_argument("--calls", type=int, default=2, help="calls per child: cold, then warm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accuracy", action="store_true", help="print error figures, no timings")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     for name in ("impl", "op", "dtype", "input_key", "workdir", "out"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         child(args)
+        return
+    if args.accuracy:
+        accuracy(args)
         return
 
     import torch

@@ -129,3 +129,28 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path):
     assert worst < 5e-5, worst
     # The 2-process run saved one checkpoint (collectively, atomically) at its end.
     assert [p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()] == ["step-000003"]
+
+
+def test_shipped_accelerate_configs_parse_with_accelerate():
+    """The DDP / DeepSpeed ZeRO-2/3 / FSDP / multi-node configs are valid accelerate configs (they cannot
+    run here: no GPUs)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    expected = {
+        "ddp.yaml": (DistributedType.MULTI_GPU, None),
+        "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 2),
+        "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 3),
+        "fsdp.yaml": (DistributedType.FSDP, None),
+        "multinode_deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 2),
+    }
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(expected)
+    for name, (kind, zero_stage) in expected.items():
+        config = load_config_from_file(str(folder / name))
+        assert config.distributed_type == kind and config.mixed_precision == "bf16", name
+        if zero_stage is not None:
+            assert config.deepspeed_config["zero_stage"] == zero_stage
+        if kind == DistributedType.FSDP:
+            assert config.fsdp_config["fsdp_use_orig_params"] is True
+            assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "TransformerBlock"

@@ -324,12 +324,33 @@ def test_chunked_attention_on_worker_threads(dtype, atol, monkeypatch):
         with torch.inference_mode():
             got = attention_mod.chunked_attention(q, k, v)
         assert torch.get_num_threads() == 2
-        workers = attention_mod._core_workers()
+        workers = attention_mod.core_workers()
         assert workers.n == 2 and workers.map(lambda _: torch.get_num_threads(), range(2)) == [1, 1]
     finally:
         torch.set_num_threads(1)
     assert got.dtype == dtype
     torch.testing.assert_close(got.float(), expected, rtol=0, atol=atol)
+
+
+def test_forward_spread_over_core_workers_matches_single_thread(monkeypatch):
+    """2 torch threads: linears split by rows and heads over 2 workers; same output as 1 thread."""
+    ref, ours = pair(num_layers=2, mmdit_layers=1)
+    latents, timestep, text = inputs(2, 16, 3, 6, 8, text_len=40)
+    monkeypatch.setattr(attention_mod, "MIN_ROWS_PER_WORKER", 8)  # split even these small linears
+    split_calls = []
+    real_map = attention_mod._CoreWorkers.map
+    monkeypatch.setattr(attention_mod._CoreWorkers, "map", lambda *a: split_calls.append(1) or real_map(*a))
+    with torch.no_grad():
+        single = ours(latents, timestep, text)
+        torch.set_num_threads(2)
+        try:
+            spread = ours(latents, timestep, text)
+            assert torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(1)
+    assert len(split_calls) > 2 * 8  # every block's linears and attention went through the workers
+    torch.testing.assert_close(spread, single, rtol=0, atol=1e-6)
+    torch.testing.assert_close(spread, run_ref(ref, latents, timestep, text), rtol=0, atol=FP32_ATOL)
 
 
 def test_chunked_attention_trains_like_sdpa(monkeypatch):

@@ -1,28 +1,33 @@
-"""Attention backends for the video transformer.
+"""Attention backends for the video transformer, and the CPU execution they share with its linears.
 
 Every backend is ``fn(q, k, v) -> out``, all of shape (batch, tokens, heads, head_dim), any strides (the
 model passes views of head-major memory, which is what per-head kernels read). No mask: EasyAnimate's
 DiT lets every token attend to all.
 
 * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. For GPUs and for training.
-* ``"chunked"``: exact attention, per head and per block of query rows: ``softmax(q k^T) v`` with two
+* ``"chunked"``: exact attention per head and per block of query rows, ``softmax(q k^T) v`` with two
   oneDNN matmuls and torch's softmax (which accumulates in fp32 for bf16 inputs; probabilities are
-  rounded to the compute dtype before the second matmul). Heads are spread over one single-threaded
-  worker per torch thread. On the 2-core CPU of the project benchmarks it runs at ~1.4x SDPA in fp32
-  and ~2.3x in bf16 (SDPA's CPU kernel gains nothing from bf16), and it degrades gracefully when other
-  processes share the cores: the alternative, hundreds of small multi-threaded ops per layer, stalls at
-  every op's OpenMP barrier when a core is taken (measured 5-10x slowdowns).
+  rounded to the compute dtype before the second matmul). On the 2-core CPU of the project benchmarks:
+  ~1.4x SDPA's throughput in fp32 and ~2.3x in bf16 (SDPA's CPU kernel gains nothing from bf16).
 * ``"auto"`` (the model default): ``chunked`` for CPU inference, ``sdpa`` otherwise (GPU, or when
   gradients are needed: SDPA's backward does not keep the probabilities).
 
 ``register_attention_backend(name, fn)`` adds another one (e.g. a flash-attention kernel).
+
+CPU execution. Inside ``spread_over_cores()`` (the model's CPU inference forward) the calling thread runs
+single-threaded and the heavy work is split over one single-threaded worker thread per torch thread:
+attention by (batch, head), linears by rows. Why: torch parallelises every op with OpenMP, and each
+op's barrier stalls for a scheduler tick whenever another process holds one of the cores. On a shared
+machine that made small ops (LayerNorms, copies) 10-20x slower and the forward 2-3x slower; coarse
+per-core work just shares the CPU fairly. On an idle machine the two are within a few percent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -30,25 +35,17 @@ import torch.nn.functional as F
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# oneDNN's fused linear: an internal op of torch's CPU build (Inductor's CPU backend emits it too).
+# oneDNN's fused linear: an internal op of torch's CPU build (Inductor's CPU backend emits it too). On
+# the benchmark CPU (AMD Zen 5) it is 1.5-3x faster than torch's default fp32 GEMM path (MKL).
 ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 # Score-block size of the chunked backend, in elements: big enough for efficient GEMMs, small enough to
 # stay in a core's L2 (2-core Zen 5: 0.25M-1M elements all within ~5%).
 CHUNK_SCORE_ELEMENTS = 1 << 19
+MIN_ROWS_PER_WORKER = 64  # below this a linear is not worth splitting
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # SDPA wants (B, H, S, D): transposed views, no copies. Its CPU output is token-major in memory.
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
-def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` for 2D operands; without autograd on CPU through oneDNN (faster than MKL here)."""
-    if ONEDNN_LINEAR is not None and a.device.type == "cpu" and not torch.is_grad_enabled():
-        return ONEDNN_LINEAR(a, b, None, "none", [], "")
-    return torch.matmul(a, b.t())
+# ---- per-core workers -----------------------------------------------------------------------------------
 
 
 class _CoreWorkers:
@@ -67,7 +64,7 @@ class _CoreWorkers:
             torch.set_num_threads(1)
             ready.wait()
 
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="kinema-attn", initializer=single_threaded)
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="kinema-cpu", initializer=single_threaded)
         for _ in range(n):
             self.pool.submit(lambda: None)
         ready.wait()
@@ -86,20 +83,94 @@ class _CoreWorkers:
 
 _workers: _CoreWorkers | None = None
 _workers_lock = threading.Lock()
+_active = threading.local()  # .workers: set inside spread_over_cores() in this thread
 # Per-thread thread counts hold for ATen's OpenMP backend (Linux/Windows wheels), not its native pool.
 _PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
-def _core_workers() -> _CoreWorkers | None:
+def core_workers() -> _CoreWorkers | None:
+    """The workers active in this thread, else a pool sized to the caller's torch threads (None if 1)."""
     global _workers
+    active = getattr(_active, "workers", None)
+    if active is not None:
+        return active
     n = torch.get_num_threads() if _PER_THREAD_NUM_THREADS else 1
+    if n == 1:
+        return None
     with _workers_lock:
         # (a forked child inherits the object but not the threads)
-        if n > 1 and (_workers is None or _workers.n != n or _workers.pid != os.getpid()):
+        if _workers is None or _workers.n != n or _workers.pid != os.getpid():
             if _workers is not None and _workers.pid == os.getpid():
                 _workers.pool.shutdown(wait=False)
             _workers = _CoreWorkers(n)
-    return _workers if n > 1 else None
+        return _workers
+
+
+@contextlib.contextmanager
+def spread_over_cores() -> Iterator[None]:
+    """CPU inference: this thread single-threaded, linears and attention split over the core workers."""
+    workers = None if torch.is_grad_enabled() else core_workers()
+    if workers is None or getattr(_active, "workers", None) is not None:
+        yield
+        return
+    _active.workers = workers
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(workers.n)
+        _active.workers = None
+
+
+# ---- CPU matmuls ----------------------------------------------------------------------------------------
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and x.dtype == weight.dtype
+        and x.dtype in (torch.float32, torch.bfloat16)
+    )
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str | None = None
+) -> torch.Tensor:
+    """``F.linear`` (+ ``F.gelu(approximate=gelu)``); for CPU inference a oneDNN GEMM with the GELU fused,
+    split by rows over the core workers inside ``spread_over_cores()``."""
+    if not _onednn(x, weight):
+        y = F.linear(x, weight, bias)
+        return y if gelu is None else F.gelu(y, approximate=gelu)
+    args = (weight, bias, "gelu" if gelu else "none", [], gelu or "")
+    workers = getattr(_active, "workers", None)
+    rows = x.numel() // x.shape[-1]
+    if workers is None or rows < MIN_ROWS_PER_WORKER * workers.n:
+        return ONEDNN_LINEAR(x, *args)
+    x2d = x.reshape(rows, x.shape[-1])
+    out = x2d.new_empty(rows, weight.shape[0])
+    step = -(-rows // workers.n)
+
+    def part(start: int) -> None:
+        out[start : start + step] = ONEDNN_LINEAR(x2d[start : start + step], *args)
+
+    workers.map(part, range(0, rows, step))
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` for 2D operands (through oneDNN for CPU inference)."""
+    return ONEDNN_LINEAR(a, b, None, "none", [], "") if _onednn(a, b) else torch.matmul(a, b.t())
+
+
+# ---- attention backends ---------------------------------------------------------------------------------
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # SDPA wants (B, H, S, D): transposed views, no copies. Its CPU output is token-major in memory.
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -117,7 +188,7 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
             scores = matmul_nt(q_bh[start : start + rows], k_bh)
             out[b, start : start + rows, h] = matmul_nt(torch.softmax(scores, dim=-1), v_t)
 
-    workers = _core_workers() if (q.device.type == "cpu" and not _needs_grad(q, k, v)) else None
+    workers = core_workers() if (q.device.type == "cpu" and not _needs_grad(q, k, v)) else None
     if workers is None:
         for index in range(batch * heads):
             one_head(index)

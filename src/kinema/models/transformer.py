@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ONEDNN_LINEAR, AttentionFn, get_attention_backend
+from .attention import AttentionFn, get_attention_backend, linear, spread_over_cores
 from .modeling_utils import CheckpointError, ModelMixin
 
 # EasyAnimate fits every latent grid onto a 480x720-video (60x90-latent) grid for the spatial RoPE
@@ -90,19 +90,13 @@ _INERT_OFFICIAL_KEYS = {
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU inference goes through oneDNN, optionally with the GELU fused in.
+    """nn.Linear that can fuse a GELU; CPU inference runs on oneDNN, split over cores (see attention.py).
 
-    Why: on the AMD CPU we benchmark on, torch's default fp32 GEMM (MKL) reaches ~1/2-1/3 of oneDNN's
-    throughput at these shapes, and a fused GELU saves a pass over the 4x-wide FFN activations. With
-    autograd (training) or off CPU this is plain ``F.linear`` (+ ``F.gelu``).
+    A subclass, not a function, so LoRA libraries still find and wrap every linear layer.
     """
 
     def forward(self, x: torch.Tensor, gelu: str | None = None) -> torch.Tensor:
-        fast = ONEDNN_LINEAR is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
-        if fast and x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.bfloat16):
-            return ONEDNN_LINEAR(x, self.weight, self.bias, "gelu" if gelu else "none", [], gelu or "")
-        y = F.linear(x, self.weight, self.bias)
-        return y if gelu is None else F.gelu(y, approximate=gelu)
+        return linear(x, self.weight, self.bias, gelu)
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -417,13 +411,20 @@ class VideoTransformer(ModelMixin):
         ``latents`` on channels, in that order, and must add up to ``in_channels``. Returns
         (B, out_channels, F, h, w) in ``latents.dtype``.
         """
-        c = self.config
-        dtype, device = self.proj.weight.dtype, self.proj.weight.device
-        if dtype == torch.float16 and device.type == "cpu":
+        device = self.proj.weight.device
+        if self.proj.weight.dtype == torch.float16 and device.type == "cpu":
             raise RuntimeError(
                 "VideoTransformer in float16 on CPU: CPU fp16 matmuls run at ~0.4 GFLOP/s. "
                 "Use model.to(torch.bfloat16) (fast on CPU) or float32; fp16 is for GPUs."
             )
+        if device.type != "cpu":
+            return self._forward(latents, timestep, text_states, inpaint_latents, control_latents)
+        with spread_over_cores():  # no-op when training or single-threaded
+            return self._forward(latents, timestep, text_states, inpaint_latents, control_latents)
+
+    def _forward(self, latents, timestep, text_states, inpaint_latents, control_latents) -> torch.Tensor:
+        c = self.config
+        dtype, device = self.proj.weight.dtype, self.proj.weight.device
         x = torch.cat([t for t in (latents, inpaint_latents, control_latents) if t is not None], dim=1)
         batch, channels, frames, height, width = x.shape
         p = c.patch_size

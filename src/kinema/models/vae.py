@@ -137,15 +137,14 @@ class CausalConv3d(nn.Conv3d):
         )
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+        k, stride = self.kernel_size[0], self.stride[0]
         tail = cache.get(self) if cache is not None else None
         if tail is None:
-            tail = x[:, :, :1].expand(-1, -1, self.kernel_size[0] - 1, -1, -1)
+            tail = x[:, :, :1].expand(-1, -1, k - 1, -1, -1)
         stream = torch.cat([tail, x], dim=2)
         if cache is not None:
-            next_start = (stream.shape[2] - self.kernel_size[0]) // self.stride[0] * self.stride[
-                0
-            ] + self.stride[0]
-            cache[self] = stream[:, :, next_start:].clone()  # a copy: a view would pin the whole chunk
+            next_window = ((stream.shape[2] - k) // stride + 1) * stride
+            cache[self] = stream[:, :, next_window:].clone()  # a copy: a view would pin the whole chunk
         # One conv over the chunk (the reference loops over 3-frame windows in Python).
         return F.conv3d(stream, self.weight, self.bias, self.stride, self.padding)
 
@@ -207,7 +206,7 @@ class Upsampler(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(channels, channels)
         self.temporal = temporal
-        self.trilinear = trilinear  # the reference interpolates time linearly without per-frame norm
+        self.trilinear = trilinear
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
         x = self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), cache)
@@ -225,110 +224,104 @@ class Upsampler(nn.Module):
         return rest if first is None else torch.cat([first, rest], dim=2)
 
 
-class ResidualStack(nn.Module):
-    """Residual blocks, then an optional resampler: one encoder/decoder stage (or the mid block)."""
+def residual_blocks(in_channels: int, out_channels: int, num: int, config: VideoVAEConfig, per_frame: bool):
+    return nn.ModuleList(
+        ResidualBlock3D(in_channels if i == 0 else out_channels, out_channels, config, per_frame)
+        for i in range(num)
+    )
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_layers: int,
-        config: VideoVAEConfig,
-        per_frame_norm: bool,
-        resampler_name: str | None = None,
-        resampler: nn.Module | None = None,
-    ):
+
+class DownBlock(nn.Module):
+    """Residual blocks, then (except in the last block) a downsampler."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: VideoVAEConfig, temporal: bool | None):
         super().__init__()
-        self.convs = nn.ModuleList(
-            ResidualBlock3D(in_channels if i == 0 else out_channels, out_channels, config, per_frame_norm)
-            for i in range(num_layers)
-        )
-        self.resampler_name = resampler_name
-        if resampler_name is not None:
-            self.add_module(resampler_name, resampler)  # "downsampler" / "upsampler", as in diffusers
+        per_frame = config.spatial_group_norm
+        self.convs = residual_blocks(in_channels, out_channels, config.layers_per_block, config, per_frame)
+        self.downsampler = Downsampler(out_channels, temporal) if temporal is not None else None
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
         for block in self.convs:
             x = block(x, cache)
-        if self.resampler_name is not None:
-            x = getattr(self, self.resampler_name)(x, cache)
+        return x if self.downsampler is None else self.downsampler(x, cache)
+
+
+class UpBlock(nn.Module):
+    """One more residual block than a DownBlock, then (except in the last block) an upsampler."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: VideoVAEConfig, temporal: bool | None):
+        super().__init__()
+        per_frame, num_layers = config.spatial_group_norm, config.layers_per_block + 1
+        self.convs = residual_blocks(in_channels, out_channels, num_layers, config, per_frame)
+        # Without per-frame norm the reference interpolates time linearly instead of repeating frames.
+        upsampler = (
+            Upsampler(out_channels, temporal, trilinear=not per_frame) if temporal is not None else None
+        )
+        self.upsampler = upsampler
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+        for block in self.convs:
+            x = block(x, cache)
+        return x if self.upsampler is None else self.upsampler(x, cache)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, config: VideoVAEConfig, per_frame: bool):
+        super().__init__()
+        self.convs = residual_blocks(channels, channels, config.layers_per_block, config, per_frame)
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+        for block in self.convs:
+            x = block(x, cache)
         return x
 
 
 class Encoder(nn.Module):
     def __init__(self, config: VideoVAEConfig):
         super().__init__()
-        widths, per_frame = config.block_out_channels, config.spatial_group_norm
+        widths, last = config.block_out_channels, len(config.block_out_channels) - 1
         self.conv_in = CausalConv3d(config.in_channels, widths[0])
-        self.down_blocks = nn.ModuleList()
-        for i, block_type in enumerate(config.down_block_types):
-            in_width, width = widths[max(i - 1, 0)], widths[i]
-            last = i == len(widths) - 1
-            down = None if last else Downsampler(width, temporal=DOWN_BLOCK_TYPES[block_type])
-            self.down_blocks.append(
-                ResidualStack(
-                    in_width,
-                    width,
-                    config.layers_per_block,
-                    config,
-                    per_frame,
-                    None if last else "downsampler",
-                    down,
-                )
-            )
-        self.mid_block = ResidualStack(widths[-1], widths[-1], config.layers_per_block, config, per_frame)
+        self.down_blocks = nn.ModuleList(
+            DownBlock(widths[max(i - 1, 0)], widths[i], config, None if i == last else DOWN_BLOCK_TYPES[kind])
+            for i, kind in enumerate(config.down_block_types)
+        )
+        self.mid_block = MidBlock(widths[-1], config, per_frame=config.spatial_group_norm)
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = CausalConv3d(widths[-1], 2 * config.latent_channels)  # mean and log-variance
         self.act = ACTIVATIONS[config.act_fn]
-        self.per_frame_norm = per_frame
+        self.per_frame_norm = config.spatial_group_norm
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
         x = self.conv_in(x, cache)
         for block in self.down_blocks:
             x = block(x, cache)
         x = self.mid_block(x, cache)
-        return self.conv_out(
-            activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act), cache
-        )
+        x = activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act)
+        return self.conv_out(x, cache)
 
 
 class Decoder(nn.Module):
     def __init__(self, config: VideoVAEConfig):
         super().__init__()
-        widths, per_frame = config.block_out_channels[::-1], config.spatial_group_norm
+        widths, last = config.block_out_channels[::-1], len(config.block_out_channels) - 1
         self.conv_in = CausalConv3d(config.latent_channels, widths[0])
-        # The reference's decoder mid block always normalises per frame, whatever spatial_group_norm says.
-        self.mid_block = ResidualStack(
-            widths[0], widths[0], config.layers_per_block, config, per_frame_norm=True
+        # The reference's decoder mid block normalises per frame whatever spatial_group_norm says.
+        self.mid_block = MidBlock(widths[0], config, per_frame=True)
+        self.up_blocks = nn.ModuleList(
+            UpBlock(widths[max(i - 1, 0)], widths[i], config, None if i == last else UP_BLOCK_TYPES[kind])
+            for i, kind in enumerate(config.up_block_types)
         )
-        self.up_blocks = nn.ModuleList()
-        for i, block_type in enumerate(config.up_block_types):
-            in_width, width = widths[max(i - 1, 0)], widths[i]
-            last = i == len(widths) - 1
-            up = None if last else Upsampler(width, UP_BLOCK_TYPES[block_type], trilinear=not per_frame)
-            self.up_blocks.append(
-                ResidualStack(
-                    in_width,
-                    width,
-                    config.layers_per_block + 1,
-                    config,
-                    per_frame,
-                    None if last else "upsampler",
-                    up,
-                )
-            )
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = CausalConv3d(widths[-1], config.out_channels)
         self.act = ACTIVATIONS[config.act_fn]
-        self.per_frame_norm = per_frame
+        self.per_frame_norm = config.spatial_group_norm
 
     def forward(self, z: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
         x = self.mid_block(self.conv_in(z, cache), cache)
         for block in self.up_blocks:
             x = block(x, cache)
-        return self.conv_out(
-            activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act), cache
-        )
+        x = activate(frame_group_norm(x, self.conv_norm_out, self.per_frame_norm), self.act)
+        return self.conv_out(x, cache)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -373,7 +366,7 @@ class VideoVAE(ModelMixin):
     config_class = VideoVAEConfig
     diffusers_class_name = "AutoencoderKLMagvit"
     # Keys some EasyAnimate/diffusers configs carry that do not change the computation.
-    ignored_config_keys = frozenset({"force_upcast", "sample_size", "use_tiling", "use_slicing"})
+    ignored_config_keys = frozenset({"force_upcast", "sample_size"})
 
     def __init__(self, config: VideoVAEConfig):
         super().__init__()
@@ -422,7 +415,7 @@ class VideoVAE(ModelMixin):
         self.tile_size = None
 
     # ---- encode / decode --------------------------------------------------------------------------
-    def encode(self, video: torch.Tensor, chunk_latent_frames: int | None = 2) -> GaussianPosterior:
+    def encode(self, video: torch.Tensor, chunk_latent_frames: int | None = 1) -> GaussianPosterior:
         """Encode (B, C, 1 + t*k, H, W) in [-1, 1] to the posterior over (B, L, 1 + k, H/s, W/s) latents.
 
         The video is encoded ``chunk_latent_frames`` latent frames at a time (None: all at once); with
@@ -444,7 +437,7 @@ class VideoVAE(ModelMixin):
                 _blend_into(moments[:, :, a:z, y0:y1, x0:x1], out, weight)
         return GaussianPosterior(moments)
 
-    def decode(self, latents: torch.Tensor, chunk_latent_frames: int | None = 2) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, chunk_latent_frames: int | None = 1) -> torch.Tensor:
         """Decode unscaled latents (B, L, 1 + k, h, w) to a video (B, C, 1 + t*k, h*s, w*s), about [-1, 1].
 
         Latents from a diffusion model must be divided by ``config.scaling_factor`` first. Decoding runs
@@ -494,10 +487,11 @@ class VideoVAE(ModelMixin):
                 weight = wy[:, None] * wx[None, :]
                 total[y0 * scale : y1 * scale, x0 * scale : x1 * scale] += weight
                 tiles.append(((y0, y1), (x0, x1), weight))
-        return [
-            (ys, xs, (w / total[ys[0] * scale : ys[1] * scale, xs[0] * scale : xs[1] * scale]).to(self.dtype))
-            for ys, xs, w in tiles
-        ]
+        normalised = []
+        for (y0, y1), (x0, x1), weight in tiles:
+            weight = weight / total[y0 * scale : y1 * scale, x0 * scale : x1 * scale]
+            normalised.append(((y0, y1), (x0, x1), weight.to(self.device, self.dtype)))
+        return normalised
 
     # ---- input checks (cheap, before any heavy work) ----------------------------------------------
     def _check_video(self, video: torch.Tensor) -> None:

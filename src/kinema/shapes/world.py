@@ -275,13 +275,6 @@ def _sample_object_spec(
     return ObjectSpec(c, s, d, path)
 
 
-def _in_frame(track: np.ndarray, radius: np.ndarray, h: int, w: int, margin: float = 1.0) -> bool:
-    r = radius[:, None] + margin
-    lo_ok = (track - r >= 0).all()
-    hi_ok = (track[:, 0] + r[:, 0] <= w - 1).all() and (track[:, 1] + r[:, 0] <= h - 1).all()
-    return bool(lo_ok and hi_ok)
-
-
 def _place_object(
     rng: np.random.Generator,
     ospec: ObjectSpec,
@@ -292,39 +285,57 @@ def _place_object(
     others: list[tuple[np.ndarray, np.ndarray]],
     tries: int = 100,
     travel_scale: float = 1.0,
+    margin: float = 1.0,
 ) -> tuple[ObjectInstance, np.ndarray, np.ndarray] | None:
-    """Rejection-sample size, travel and position so the object stays in frame and clear of others."""
+    """Sample size, travel, bend and position so the object stays in frame and clear of others.
+
+    The on-screen track is affine in the path midpoint (slope 1/z per frame), so the midpoints that
+    keep the whole track in frame form a box that is computed exactly and sampled uniformly; only
+    the gap to other objects needs rejection.
+    """
     f = focal_px(w)
     m = min(h, w)
     jitter = rng.uniform(-COLOR_JITTER, COLOR_JITTER, 3)
     rgb = tuple(float(v) for v in np.clip(np.array(PALETTE[ospec.color]) + jitter, 0, 255))
     nf = len(zs)
+    to_world = lambda p: ((p[0] + 0.5 - w / 2) / f, (p[1] + 0.5 - h / 2) / f)  # noqa: E731
+    gap = 4.0 * m / 64  # clear gap so anti-aliased, codec-smeared edges of two objects never touch
+    limit = np.array([w - 1, h - 1], dtype=np.float64)
+
+    def track_for(mid: np.ndarray, chord: np.ndarray, size: float, bend: float):
+        ob = ObjectInstance(ospec, rgb, size / f, to_world(mid - chord / 2), to_world(mid + chord / 2), bend)
+        pos = ob.positions(nf)
+        return ob, project_track(np.concatenate([pos, np.ones((nf, 1))], 1), poses, h, w)
+
     for _ in range(tries):
         size = rng.uniform(*SIZE_RANGE) * m
-        rad = shape_radius(ospec.shape, size)
+        radius = shape_radius(ospec.shape, size) / zs
+        chord, bend = np.zeros(2), 0.0
         if ospec.moving:
-            travel = rng.uniform(*TRAVEL_RANGE) * m * travel_scale
-            dx, dy = DIRECTION_VECTORS[ospec.direction]
-            chord = np.array([dx, dy]) * travel
-            bend = 0.0
+            chord = (
+                np.array(DIRECTION_VECTORS[ospec.direction]) * rng.uniform(*TRAVEL_RANGE) * m * travel_scale
+            )
             if ospec.path != "straight":
                 lo, hi = ARC_BEND if ospec.path == "arc" else WAVE_BEND
                 bend = float(rng.uniform(lo, hi) * rng.choice([-1.0, 1.0]))
-        else:
-            chord, bend = np.zeros(2), 0.0
-        mid = rng.uniform([0, 0], [w - 1, h - 1])
-        a_px, b_px = mid - chord / 2, mid + chord / 2
-        to_world = lambda p: ((p[0] + 0.5 - w / 2) / f, (p[1] + 0.5 - h / 2) / f)  # noqa: E731
-        ob = ObjectInstance(ospec, rgb, size / f, to_world(a_px), to_world(b_px), bend)
-        pos = ob.positions(nf)
-        track = project_track(np.concatenate([pos, np.ones((nf, 1))], 1), poses, h, w)
-        radius = rad / zs
-        if not _in_frame(track, radius, h, w):
+        _, base = track_for(np.zeros(2), chord, size, bend)
+        _, unit = track_for(np.ones(2), chord, size, bend)
+        slope = unit - base  # (F, 2), = 1/z > 0
+        r = radius[:, None] + margin
+        lo = ((r - base) / slope).max(0)
+        hi = ((limit - r - base) / slope).min(0)
+        if (lo > hi).any():
             continue
-        # Keep a clear gap between objects so their (anti-aliased, codec-smeared) edges never touch.
-        gap = 4.0 * m / 64
-        if any((np.linalg.norm(track - t2, axis=1) < radius + r2 + gap).any() for t2, r2 in others):
+        # Candidate midpoints (tracks are affine in them); keep the first clear of other objects.
+        mids = rng.uniform(lo, hi, size=(16, 2))
+        tracks = base[None] + slope[None] * mids[:, None]
+        ok = np.ones(len(mids), dtype=bool)
+        for t2, r2 in others:
+            ok &= (np.linalg.norm(tracks - t2[None], axis=-1) >= radius + r2 + gap).all(1)
+        if not ok.any():
             continue
+        k = int(np.argmax(ok))
+        ob, track = track_for(mids[k], chord, size, bend)
         return ob, track, radius
     return None
 
@@ -364,26 +375,30 @@ def sample_scene(
     extent = float(np.abs(centers[:, :2]).max() + zs.max() * max(height, width) / focal_px(width)) + 0.2
     background = _sample_background(rng, bg_kind, height, width, extent)
 
-    # Draw the object count once: redrawing it after a failed placement would bias scenes
-    # towards a single object (two objects fail to fit more often).
+    if spec is not None:
+        given = [
+            o if o.direction is not None else replace(o, direction=STATIC, path="straight")
+            for o in spec.objects
+        ]
+    # The object count and object specs are drawn once and kept while only the geometry is
+    # retried: redrawing them after a failed placement would bias scenes towards what fits easily
+    # (one object, compact shapes).
     n = 2 if rng.random() < two_object_prob else 1
+    ospecs: list[ObjectSpec] = []
     for attempt in range(100):
-        # After many failures (only seen with hard given specs, e.g. two objects + zoom-in),
-        # shorter travel makes the scene fit.
-        travel_scale = 1.0 if attempt < 40 else 0.75
         if spec is not None:
-            ospecs = [
-                o if o.direction is not None else replace(o, direction=STATIC, path="straight")
-                for o in spec.objects
-            ]
-        else:
+            ospecs = given
+        elif attempt % 25 == 0 or not ospecs:
             ospecs, used = [], set()
             for _ in range(n):
                 o = _sample_object_spec(rng, split, used, allow_static=cam_label != "static")
                 ospecs.append(o)
                 used.add(o.color)
             if split == "held_out" and not any(is_held_out(o.color, o.shape, o.direction) for o in ospecs):
+                ospecs = []
                 continue
+        # After many failures (hard combinations such as two objects + zoom-in) shorter travel fits.
+        travel_scale = 1.0 if attempt < 40 else 0.75
         placed, objects = [], []
         for o in ospecs:
             res = _place_object(rng, o, poses, zs, height, width, placed, travel_scale=travel_scale)

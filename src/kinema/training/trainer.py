@@ -314,6 +314,7 @@ class Trainer:
             params, lr=1.0, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_at)
+        self._configure_sharding()
         if self.config.ema.enabled:
             self.ema = EMA(trained, c.ema.decay, c.ema.update_after_step)
         if self.mode.trains == "vae":
@@ -331,6 +332,34 @@ class Trainer:
             self.train_model, self.optimizer = acc.prepare(self.transformer, optimizer)
             self.disc = self.disc_optimizer = None
         self.trained_params = params
+
+    @property
+    def sharded(self) -> bool:
+        """True when parameters are split across processes (FSDP, DeepSpeed ZeRO-3)."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            return True
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            return acc.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3
+        return False
+
+    def _configure_sharding(self) -> None:
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # The trainer feeds its own bucketed batches (no prepared DataLoader), so DeepSpeed cannot infer
+            # the micro-batch size; it only uses it for bookkeeping.
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                ds["train_micro_batch_size_per_gpu"] = self.config.stages[0].batch_size
+        if self.config.ema.enabled and self.sharded:
+            raise ConfigError(
+                "config: 'ema.enabled' is not supported with sharded parameters (FSDP / DeepSpeed ZeRO-3): each "
+                "process holds only a shard. Use DDP or ZeRO-2 for EMA runs, or disable EMA."
+            )
 
     def lr_at(self, step: int) -> float:
         """Absolute learning rate of optimizer step ``step`` (0-based): stage lr x warmup x decay."""
@@ -399,12 +428,19 @@ class Trainer:
             _load_folder_weights(self.transformer, folder / "transformer")
         models.clear()
 
-    def export_weights(self, folder: Path, use_ema: bool = False, final: bool = False) -> None:
+    def export_weights(
+        self, folder: Path, use_ema: bool = False, final: bool = False, full_state: dict | None = None
+    ) -> None:
         """Write the trained weights in kinema/diffusers format (main process only).
 
-        ``final``: an export for use, not a checkpoint (no resume-only files)."""
+        ``final``: an export for use, not a checkpoint (no resume-only files). ``full_state``: the gathered
+        state dict of a sharded (FSDP / ZeRO-3) model, from ``accelerator.get_state_dict``.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         if use_ema and self.ema is None:
+            return
+        if full_state is not None:
+            self._export_gathered(folder, full_state)
             return
         suffix = "_ema" if use_ema else ""
         if self.mode.trains == "vae":
@@ -436,6 +472,24 @@ class Trainer:
         else:
             model = _with_ema(self.transformer, self.ema) if use_ema else self.transformer
             model.save_pretrained(folder / f"transformer{suffix}")
+
+    def _export_gathered(self, folder: Path, state: dict) -> None:
+        """Export from a gathered full state dict (sharded runs). Keys are those of the prepared module."""
+        state = {k.removeprefix("module."): v.detach().cpu() for k, v in state.items()}
+        if self.mode.trains == "vae":
+            vae_state = {k.removeprefix("vae."): v for k, v in state.items()}
+            fresh = type(self.vae)(self.vae.config)
+            fresh.load_state_dict(vae_state)
+            fresh.save_pretrained(folder / "vae")
+        elif self.config.lora.enabled:
+            from .lora import PREFIX, save_lora
+
+            lora = {PREFIX + k.replace(".default.", "."): v for k, v in state.items() if ".lora_" in k}
+            save_lora(folder / "lora.safetensors", lora, self.config.lora, fold_alpha=True)
+        else:
+            fresh = type(self.transformer)(self.transformer.config)
+            fresh.load_state_dict(state)
+            fresh.save_pretrained(folder / "transformer")
 
     def _maybe_resume(self) -> None:
         resume = self.config.checkpoint.resume
@@ -643,8 +697,10 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.save_checkpoint()
+        # Sharded runs: gather the full weights first (a collective: every process takes part).
+        full_state = self.accelerator.get_state_dict(self.train_model) if self.sharded else None
         if acc.is_main_process:
-            self.export_weights(self.output_dir / "final", final=True)
+            self.export_weights(self.output_dir / "final", final=True, full_state=full_state)
             self.export_weights(self.output_dir / "final", use_ema=True, final=True)
         self.metrics.close()
         result.steps = state.step
