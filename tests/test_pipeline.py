@@ -361,6 +361,25 @@ def test_memory_modes_on_cpu(pipes, folders):
     assert 0 < max_diff(got, base.frames) < 0.25 * base.frames.abs().max().item()
 
 
+def test_auto_memory_mode_follows_available_memory(folders, monkeypatch):
+    import kinema.pipelines.pipeline as pipeline_module
+
+    pipe = load_pipeline(folders["t2v"], text_encoder=False)  # memory_mode="auto"
+    pipe.set_progress_bar_config(disable=True)
+    embeds = dict(prompt_embeds=torch.zeros(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32))
+    est = pipe.estimate_memory(H, W, FRAMES)
+    # Everything fits -> none; a little less -> fp8 weights + VAE tiling (at 32 px tiling alone saves
+    # nothing: the frame is smaller than a tile).
+    for available, mode, tiled in [
+        (est.peak("none", False) / 0.85 + 1, "none", False),
+        (est.peak("fp8", True) / 0.85 + 1, "fp8", True),
+    ]:
+        monkeypatch.setattr(pipeline_module, "available_memory", lambda device, a=available: a)
+        out = pipe(seed=0, output_type="latent", **embeds, **COMMON)
+        assert (out.memory_mode, pipe.vae.tile_size is not None) == (mode, tiled)
+    assert pipe.memory_mode == "auto" and pipe.active_memory_mode == "fp8"
+
+
 def test_memory_estimate_and_auto_choice():
     from kinema.pipelines.memory import choose_memory_mode, estimate_memory
 
@@ -381,46 +400,45 @@ def test_memory_estimate_and_auto_choice():
         > est.peak("fp8_offload", True, "cuda")
     )
     assert choose_memory_mode(est, 200e9, "cuda") == ("none", False)
+    between = (est.peak("none", True, "cpu") + est.peak("none", False, "cpu")) / 2 / 0.85
+    assert choose_memory_mode(est, between, "cpu") == ("none", True)  # 720p decode needs tiling
     assert choose_memory_mode(est, 40e9, "cuda")[0] in ("model_offload", "fp8_offload")
     assert choose_memory_mode(est, 16e9, "cuda")[0] in ("fp8_offload", "sequential_offload")
     with pytest.raises(ValueError, match="GB"):
         choose_memory_mode(est, 1e9, "cpu")
 
 
-def test_lora_merge_matches_peft_on_diffusers_transformer(pipes, folders, tmp_path):
-    from diffusers import EasyAnimateTransformer3DModel
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+LORA_TARGETS = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
+
+
+@pytest.fixture(scope="module")
+def lora_file(pipes, tmp_path_factory):
+    """A diffusers-format LoRA (rank 4, alpha 8) on two Linear layers of the T2V transformer."""
     from safetensors.torch import save_file
 
-    targets = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
     g = torch.Generator().manual_seed(0)
     state = {}
-    for name in targets:
+    for name in LORA_TARGETS:
         module = pipes["t2v"].transformer.get_submodule(name)
         state[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g) * 0.1
         state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g) * 0.1
         state[f"transformer.{name}.alpha"] = torch.tensor(8.0)
-    path = tmp_path / "lora.safetensors"
+    path = tmp_path_factory.mktemp("lora") / "lora.safetensors"
     save_file(state, str(path))
+    return path, state
 
-    ours = load_pipeline(folders["t2v"], lora=path, lora_weight=0.5, memory_mode="none").transformer
-    ref = EasyAnimateTransformer3DModel.from_pretrained(str(folders["t2v"]), subfolder="transformer")
-    # peft applies W x + (alpha / r) * weight * B A x; the weight enters as the adapter scale.
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=targets), ref)
-    peft_state = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
-    set_peft_model_state_dict(ref, peft_state)
-    for module in ref.modules():
-        if hasattr(module, "scaling") and isinstance(module.scaling, dict):
-            module.scaling["default"] *= 0.5
-    latents = torch.randn(1, 16, 2, 4, 4, generator=g)
-    text = torch.randn(1, 7, 32, generator=g)
-    t = torch.tensor([500.0])
-    with torch.no_grad():
-        expected = ref(latents, t, encoder_hidden_states=text, return_dict=False)[0]
-        got = ours(latents, t, text)
-        plain = pipes["t2v"].transformer(latents, t, text)
-    assert max_diff(got, expected) < 1e-5 and max_diff(got, plain) > 1e-3
-    assert sorted(read_lora(path)) == sorted(targets)
+
+def test_lora_merge_formula_and_errors(pipes, folders, lora_file, tmp_path):
+    from safetensors.torch import save_file
+
+    path, state = lora_file
+    assert sorted(read_lora(path)) == sorted(LORA_TARGETS)
+    merged = load_pipeline(folders["t2v"], lora=path, lora_weight=0.5, memory_mode="none", text_encoder=False)
+    for name in LORA_TARGETS:
+        a, b = state[f"transformer.{name}.lora_A.weight"], state[f"transformer.{name}.lora_B.weight"]
+        base = pipes["t2v"].transformer.get_submodule(name).weight
+        expected = base + 0.5 * (8.0 / 4) * (b @ a)  # weight x alpha / rank x B A
+        assert max_diff(merged.transformer.get_submodule(name).weight, expected) < 1e-6
     bad = tmp_path / "bad.safetensors"
     save_file(
         {
@@ -431,6 +449,46 @@ def test_lora_merge_matches_peft_on_diffusers_transformer(pipes, folders, tmp_pa
     )
     with pytest.raises(ValueError, match="not a module"):
         merge_lora(pipes["t2v"].transformer, read_lora(bad))
+    save_file({"text_encoder.x.lora_A.weight": torch.zeros(1, 2)}, str(bad))
+    with pytest.raises(ValueError, match="text encoder"):
+        read_lora(bad)
+    # alpha from the peft LoraConfig metadata diffusers' save_lora_weights (and kinema's trainer) write.
+    no_alpha = {k: v for k, v in state.items() if not k.endswith(".alpha")}
+    meta = {
+        "format": "pt",
+        "lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 8}),
+    }
+    save_file(no_alpha, str(tmp_path / "meta.safetensors"), metadata=meta)
+    assert all(float(p["alpha"]) == 8.0 for p in read_lora(tmp_path / "meta.safetensors").values())
+    save_file(no_alpha, str(tmp_path / "plain.safetensors"))
+    assert all("alpha" not in p for p in read_lora(tmp_path / "plain.safetensors").values())  # scale 1
+
+
+def test_lora_matches_peft_on_diffusers_transformer(pipes, folders, lora_file):
+    """The key format is diffusers'/peft's: peft applied to diffusers' transformer gives the same output."""
+    peft = pytest.importorskip("peft")
+    from diffusers import EasyAnimateTransformer3DModel
+
+    path, state = lora_file
+    ours = load_pipeline(folders["t2v"], lora=path, lora_weight=0.5, memory_mode="none", text_encoder=False)
+    ref = EasyAnimateTransformer3DModel.from_pretrained(str(folders["t2v"]), subfolder="transformer")
+    peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS), ref)
+    peft_state = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
+    peft.set_peft_model_state_dict(ref, peft_state)
+    for module in ref.modules():  # peft computes W x + (alpha / r) B A x; lora_weight scales that term
+        if isinstance(getattr(module, "scaling", None), dict):
+            module.scaling["default"] *= 0.5
+    g = torch.Generator().manual_seed(1)
+    latents, text, t = (
+        torch.randn(1, 16, 2, 4, 4, generator=g),
+        torch.randn(1, 7, 32, generator=g),
+        torch.tensor([500.0]),
+    )
+    with torch.no_grad():
+        expected = ref(latents, t, encoder_hidden_states=text, return_dict=False)[0]
+        got = ours.transformer(latents, t, text)
+        plain = pipes["t2v"].transformer(latents, t, text)
+    assert max_diff(got, expected) < 1e-5 and max_diff(got, plain) > 1e-3
 
 
 def test_trajectory_and_canny_are_ordinary_control_videos(pipes, tmp_path):

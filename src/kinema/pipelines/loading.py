@@ -169,8 +169,10 @@ def read_lora(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     """Read a diffusers/peft-style LoRA safetensors file: ``{module: {"A", "B"[, "alpha"]}}``.
 
     Keys are ``transformer.<module>.lora_A.weight`` (rank x in), ``transformer.<module>.lora_B.weight``
-    (out x rank) and optionally ``transformer.<module>.alpha`` (scale = alpha / rank; without it the
-    scale is 1, as peft's default lora_alpha = rank). The ``transformer.`` prefix may be absent.
+    (out x rank) and optionally ``transformer.<module>.alpha``. The ``transformer.`` prefix may be absent.
+    alpha comes from that key, else from the file's ``lora_adapter_metadata`` (the peft LoraConfig that
+    diffusers' ``save_lora_weights`` and kinema's trainer write, key ``transformer.lora_alpha``), else it
+    equals the rank (scale 1, diffusers' default); the merge scale is alpha / rank.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -182,6 +184,7 @@ def read_lora(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     modules: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
+            file_alpha = _metadata_alpha(f.metadata() or {}, file)
             for key in f.keys():
                 if key.startswith(("text_encoder.", "text_encoder_2.")):
                     raise ValueError(
@@ -201,9 +204,24 @@ def read_lora(path: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
     for module, parts in modules.items():
         if "A" not in parts or "B" not in parts:
             raise ValueError(f"LoRA '{file}': module '{module}' has only one of lora_A / lora_B")
+        if "alpha" not in parts and file_alpha is not None:
+            parts["alpha"] = torch.tensor(file_alpha)
     if not modules:
         raise ValueError(f"LoRA file '{file}' holds no LoRA weights")
     return modules
+
+
+def _metadata_alpha(metadata: dict[str, str], file: Path) -> float | None:
+    """lora_alpha from diffusers' ``lora_adapter_metadata`` (a JSON peft LoraConfig), if present."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"LoRA '{file}': lora_adapter_metadata is not valid JSON ({e})") from e
+    alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
+    return None if alpha is None else float(alpha)
 
 
 def merge_lora(model: nn.Module, lora: dict[str, dict[str, torch.Tensor]], weight: float = 1.0) -> list[str]:
@@ -287,8 +305,9 @@ def load_pipeline(
     lora_state = read_lora(lora) if lora else None  # read before the big weights: fail early
 
     folders = info["folders"]
-    # With offloading, weights are loaded to the CPU and moved in when used.
-    load_device = "cpu" if memory_mode in ("model_offload", "sequential_offload", "fp8_offload") else device
+    # Only modes that keep everything on the device load straight onto it; with offloading (or "auto",
+    # which decides per request) weights stay on the CPU until the pipeline places them.
+    load_device = device if memory_mode in ("none", "fp8") else "cpu"
     model = VideoTransformer.from_pretrained(folders["transformer"], torch_dtype=dtype, device="cpu")
     if lora_state:
         merge_lora(model, lora_state, lora_weight)
