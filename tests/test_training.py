@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kinema.data import Plan
+from kinema.data import Plan, SampleRequest, collate_samples
 from kinema.data.synthetic import write_moving_squares
 from kinema.models import VideoTransformer, VideoVAE
 from kinema.training.config import ConfigError, FlowConfig, LoRAConfig, config_from_dict, load_config
@@ -536,7 +536,9 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path, data_root, text_enco
     out = tmp_path / "a" / "run" / "final"
     assert (out / ("lora.safetensors" if lora else "transformer")).exists()
     if lora:  # checkpoints keep the raw adapter for resuming; exports only the folded file
-        assert (tmp_path / "a" / "run" / "checkpoints" / "step-000006" / "lora_resume_state.safetensors").exists()
+        assert (
+            tmp_path / "a" / "run" / "checkpoints" / "step-000006" / "lora_resume_state.safetensors"
+        ).exists()
         assert not (out / "lora_resume_state.safetensors").exists()
     assert (out / ("lora_ema.safetensors" if lora else "transformer_ema")).exists()
     rows = [
@@ -675,6 +677,12 @@ def test_vae_training_with_discriminator(tmp_path, data_root):
     assert any(not torch.equal(vae_before[k], v) for k, v in trainer.vae.state_dict().items())
     reloaded = VideoVAE.from_pretrained(tmp_path / "run" / "final" / "vae")
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in trainer.vae.state_dict().items())
+    # Image batches (one frame) go through the same losses, discriminator included.
+    dataset = trainer.stage_data[0][1]
+    image = next(i for i, s in enumerate(dataset.samples) if s.is_image)
+    batch = collate_samples([dataset[SampleRequest(image, Plan(64, 64, 1), 0, 0, 0)]])
+    loss, stats = trainer.compute_loss(batch)
+    assert math.isfinite(loss.item()) and "g_adv" in stats and math.isfinite(trainer._disc_backward())
 
 
 def test_latent_cache_is_filled_then_used(tmp_path, data_root, text_encoder, vae):
@@ -706,3 +714,34 @@ def test_plan_and_geometry_used_by_trainer(tmp_path, data_root, text_encoder, va
     )
     assert trainer.geometry.tokens(64, 64, 9) == 48
     assert reference_latents(torch.ones(1, 2, 1, 2, 2), 3)[:, :, 1:].abs().max() == 0
+
+
+def test_stage_filters(tmp_path, data_root, text_encoder, vae):
+    stages = [
+        {
+            "token_budget": 48,
+            "resolutions": [64],
+            "batch_size": 1,
+            "steps": 1,
+            "filter": {"types": ["image"]},
+        },
+        {"token_budget": 48, "resolutions": [64], "batch_size": 1, "steps": 1, "filter": {"max_samples": 3}},
+    ]
+    trainer = make_trainer(make_config(tmp_path, data_root, stages=stages), text_encoder, vae).setup()
+    assert [s.type for s in trainer.stage_data[0][1].samples] == ["image", "image"]
+    assert len(trainer.stage_data[1][1].samples) == 3
+    with pytest.raises(ConfigError, match=r"'stages\[0\].filter' leaves no sample"):
+        bad = [{"token_budget": 48, "resolutions": [64], "filter": {"min_frames": 1000, "types": ["video"]}}]
+        make_trainer(make_config(tmp_path, data_root, stages=bad), text_encoder, vae).setup()
+
+
+def test_fallback_preview_sampler(text_encoder, vae):
+    from kinema.training.sampling import flow_sigmas, sample_preview
+
+    sigmas = flow_sigmas(4)
+    assert sigmas[0] == 1 and sigmas[-1] == 0 and bool((sigmas[1:] < sigmas[:-1]).all())
+    assert sigmas[2] == pytest.approx(math.e / (math.e + 1))  # dynamic shift mu=1 of sigma 0.5
+    torch.manual_seed(0)
+    model = VideoTransformer.from_config({**TINY_TRANSFORMER, "text_embed_dim": 64, "in_channels": 33})
+    frames = sample_preview(model, vae, text_encoder, "a red square", height=32, width=48, frames=5, steps=2)
+    assert frames.shape == (5, 32, 48, 3) and frames.dtype == np.uint8 and model.training

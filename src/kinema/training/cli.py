@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 DESCRIPTION = """Train a kinema model (T2V / I2V / Control / Camera transformer, or the VAE) from a config
@@ -72,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.config}: OK ({config.mode}, {len(config.stages)} stage(s), {config.total_steps} steps)")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under accelerate launch every process runs this; only the main one (RANK 0) logs at INFO.
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     from .trainer import Trainer, TrainingAborted
 
     try:
@@ -80,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingAborted as e:
         print(f"kinema train: aborted: {e}", file=sys.stderr)
         return 1
+    if not main_process:
+        return 0
     print(
         f"trained {result.steps} steps; final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
         f"{result.nonfinite_steps} non-finite steps skipped; {result.skipped_samples + result.data_errors} "

@@ -683,8 +683,10 @@ class Trainer:
                         window_steps += 1
                         if acc.is_main_process and state.step % c.logging.every_steps == 0:
                             elapsed = time.perf_counter() - window_start
+                            micro = c.train.gradient_accumulation_steps
+                            per_micro = {k: v / micro for k, v in extra_stats.items()}  # micro-batch means
                             self._log(
-                                step_loss, grad_norm, extra_stats, window_steps / max(elapsed, 1e-9), batch
+                                step_loss, grad_norm, per_micro, window_steps / max(elapsed, 1e-9), batch
                             )
                             window_start, window_steps = time.perf_counter(), 0
                         extra_stats = {}
