@@ -555,8 +555,20 @@ def test_write_dataset(tmp_path):
     # Deterministic: same arguments -> same metadata and same decoded frames.
     write_dataset(tmp_path / "b", 10, seed=5, image_fraction=0.4, camera_prob=0.5)
     assert load_metadata(tmp_path / "b") == recs
-    v = next(r for r in recs if r["type"] == "video")["file_path"]
-    np.testing.assert_array_equal(read_video(tmp_path / "a" / v), read_video(tmp_path / "b" / v))
+    for r in recs:
+        if r["type"] == "video":
+            # libx264 is not always bit-exact between runs, so decoded clips are compared loosely.
+            assert (
+                psnr(read_video(tmp_path / "a" / r["file_path"]), read_video(tmp_path / "b" / r["file_path"]))
+                > 40
+            )
+            assert (tmp_path / "a" / r["pose_file"]).read_text() == (
+                tmp_path / "b" / r["pose_file"]
+            ).read_text()
+        else:
+            assert (tmp_path / "a" / r["file_path"]).read_bytes() == (
+                tmp_path / "b" / r["file_path"]
+            ).read_bytes()
     # The evaluator scores the encoded ground truth perfectly.
     res = evaluate_dataset(tmp_path / "a")
     assert res["color_acc"] == res["shape_acc"] == res["direction_acc"] == res["camera_acc"] == 1.0

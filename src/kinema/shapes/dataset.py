@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def write_video(
 ) -> None:
     """Encode uint8 (F, H, W, 3) RGB frames as H.264 mp4 with PyAV (H and W must be even for 4:2:0).
 
-    crf=0 with pix_fmt="yuv444p" is lossless up to the RGB->YUV conversion.
+    crf=0 with pix_fmt="yuv444p" is lossless up to the RGB->YUV conversion. Note: libx264 output
+    is not bit-exact across runs even single-threaded (about 1 encode in 100 differed in a few
+    P/B-frames by a few grey levels in our tests), so compare decoded clips with a tolerance.
     """
     frames = np.asarray(frames, dtype=np.uint8)
     with av.open(str(path), mode="w") as container:
@@ -38,8 +41,11 @@ def write_video(
         stream.pix_fmt = pix_fmt
         # Single-threaded: deterministic output and no oversubscription on small CPUs.
         stream.options = {"crf": str(crf), "preset": preset, "threads": "1"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            # Explicit timestamps: frame i is shown at i / fps.
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -77,8 +83,10 @@ def write_dataset(
     """Render ``n_clips`` samples into ``out_dir`` and return the path of ``metadata.jsonl``.
 
     Layout: videos/NNNNNN.mp4, poses/NNNNNN.txt, images/NNNNNN.png, metadata.jsonl. Sample i is
-    drawn from numpy's Generator seeded with (seed, i), so output is deterministic and any prefix
-    of a larger set equals a smaller set. split="train" never uses a held-out combination.
+    drawn from numpy's Generator seeded with (seed, i), so rendered frames, poses, PNGs and
+    metadata are deterministic and any prefix of a larger set equals a smaller set (the mp4
+    bitstream itself can differ slightly, see ``write_video``). split="train" never uses a
+    held-out combination.
     """
     out = Path(out_dir)
     for sub in ("videos", "poses", "images"):

@@ -201,14 +201,27 @@ def _measure_blob(t: int, lab: np.ndarray, fg: np.ndarray, comp: np.ndarray, bg:
 # ------------------------------------------------------------------------------------------------
 _UNIT_AREA = {s: shape_area(s, 1.0) for s in SHAPES}
 _SCALES = (0.92, 1.0, 1.08)
+_BLURS = (0.0, 1.0, 1.8)  # template blur sigmas in px
 MIN_SHAPE_IOU = 0.5
+
+
+def _gauss_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with zero padding (mass leaving the crop never meets the blob)."""
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    p = np.pad(img, r)
+    h, w = img.shape
+    tmp = sum(k[i] * p[:, i : i + w] for i in range(2 * r + 1))
+    return sum(k[i] * tmp[i : i + h, :] for i in range(2 * r + 1))
 
 
 def shape_scores(blob: Blob) -> dict[str, float]:
     """Soft IoU of the blob with each shape template of equal area placed at its centroid.
 
-    The template's full area is known analytically, so template mass falling outside the crop
-    still counts in the union.
+    Templates are tried at three scales and three blur levels (generated videos are often soft),
+    keeping the best. The template's full area is known analytically (blur preserves it), so
+    template mass falling outside the crop still counts in the union.
     """
     a = blob.alpha
     y0, x0 = blob.origin
@@ -220,10 +233,12 @@ def shape_scores(blob: Blob) -> dict[str, float]:
         best = 0.0
         for k in _SCALES:
             size = np.sqrt(blob.area / _UNIT_AREA[s]) * k
-            tpl = shape_alpha(s, gx, gy, cx, cy, size)
-            inter = float(np.minimum(a, tpl).sum())
-            union = total + _UNIT_AREA[s] * size * size - inter
-            best = max(best, inter / max(union, 1e-6))
+            sharp = shape_alpha(s, gx, gy, cx, cy, size)
+            for sigma in _BLURS:
+                tpl = _gauss_blur(sharp, sigma) if sigma > 0 else sharp
+                inter = float(np.minimum(a, tpl).sum())
+                union = total + _UNIT_AREA[s] * size * size - inter
+                best = max(best, inter / max(union, 1e-6))
         scores[s] = best
     return scores
 
