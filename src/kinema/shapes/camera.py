@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kinema.control import camera as control_camera
+from kinema.control.camera import CameraPose
+
 POSE_HEADER = "https://kinema.invalid/shapesworld"
 
 
@@ -135,57 +138,20 @@ def camera_label_from_poses(poses: CameraPoses, height: int, width: int) -> str:
 def write_pose_file(
     path: str | Path, poses: CameraPoses, fps: float = 8.0, header: str = POSE_HEADER
 ) -> None:
-    """Write a CameraCtrl / RealEstate10K pose file.
-
-    Line 1 is a header (RealEstate10K puts the video URL there; CameraCtrl and EasyAnimate skip it).
-    Each further line: ``timestamp_us fx fy cx cy 0 0 r00 r01 r02 t0 r10 r11 r12 t1 r20 r21 r22 t2``
-    with single spaces (EasyAnimate splits on ' ').
-    """
-    rows = [header]
-    for i, row in enumerate(poses.lines()):
-        ts = int(round(i * 1e6 / fps))
-        nums = [f"{v + 0.0:.8g}" for v in row]  # + 0.0 turns -0.0 into 0.0
-        rows.append(" ".join([str(ts), *nums[:4], "0", "0", *nums[4:]]))
-    Path(path).write_text("\n".join(rows) + "\n")
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
+    """Write a CameraCtrl / RealEstate10K pose file (the format of :mod:`kinema.control.camera`)."""
+    frames = [
+        CameraPose(*k, w2c=m, timestamp=float(round(i * 1e6 / fps)))
+        for i, (k, m) in enumerate(zip(poses.intrinsics, poses.w2c))
+    ]
+    control_camera.write_pose_file(path, frames, header=header)
 
 
 def read_pose_file(path: str | Path) -> CameraPoses:
-    """Read a CameraCtrl pose file, with or without the header line.
-
-    Accepted numeric rows: 19 values (RealEstate10K: timestamp, fx fy cx cy, 2 distortion, 12),
-    17 values (timestamp, 4 intrinsics, 12) or 16 values (4 intrinsics, 12).
-    """
-    intr, w2c = [], []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        toks = line.split()
-        if not toks:
-            continue
-        if not all(_is_number(t) for t in toks):
-            if intr:
-                raise ValueError(f"{path}:{n}: non-numeric pose line")
-            continue  # header / URL line
-        vals = [float(t) for t in toks]
-        if len(vals) == 19:
-            k, m = vals[1:5], vals[7:19]
-        elif len(vals) == 17:
-            k, m = vals[1:5], vals[5:17]
-        elif len(vals) == 16:
-            k, m = vals[0:4], vals[4:16]
-        else:
-            raise ValueError(f"{path}:{n}: expected 16, 17 or 19 numbers per pose line, got {len(vals)}")
-        intr.append(k)
-        w2c.append(m)
-    if not intr:
-        raise ValueError(f"{path}: no pose lines")
-    return CameraPoses(np.array(intr), np.array(w2c).reshape(-1, 3, 4))
+    """Read a CameraCtrl pose file, with or without the header line (rules of kinema.control.camera)."""
+    frames = control_camera.read_pose_file(path)
+    return CameraPoses(
+        np.array([[p.fx, p.fy, p.cx, p.cy] for p in frames]), np.stack([p.w2c for p in frames])
+    )
 
 
 def project_track(points_w: np.ndarray, poses: CameraPoses, height: int, width: int) -> np.ndarray:
