@@ -4,7 +4,8 @@ An ~80M-parameter V5.1-shaped config (8 MMDiT layers, 8 heads x 64, time_embed_d
 on a 1x16x13x32x32 latent (3328 video tokens) with 256 text tokens. Same random weights everywhere,
 same thread count, every model warmed up once, then timed runs alternate diffusers fp32 / kinema fp32 /
 kinema bf16 so that load from other processes hits all three alike. Prints seconds, GFLOP/s, % of the
-CPU's nominal peak, and the error of each kinema run against diffusers fp32.
+CPU's nominal peak, and the error of each kinema run against diffusers fp32; then one layer's attention
+alone with SDPA and with kinema's chunked backend, fp32 and bf16.
 
     .venv/bin/python benchmarks/bench_transformer.py [--threads 2] [--rounds 3]
 """
@@ -51,10 +52,16 @@ def forward_flops(cfg: dict, latent_shape: tuple, text_len: int) -> float:
     return float(batch * total)
 
 
-def measured_matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+def measured_matmul_peak(dtype: torch.dtype, onednn: bool, n: int = 2048) -> float:
+    """Best of 3 square GEMMs: torch.matmul (MKL for fp32) or oneDNN (what kinema's linears use)."""
+    from kinema.models.attention import ONEDNN_LINEAR
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = min(_timed(lambda: torch.matmul(a, b))[0] for _ in range(3))
+    if onednn and ONEDNN_LINEAR is None:
+        return float("nan")
+    fn = (lambda: ONEDNN_LINEAR(a, b, None, "none", [], "")) if onednn else (lambda: torch.matmul(a, b))
+    fn()
+    best = min(_timed(fn)[0] for _ in range(3))
     return 2 * n**3 / best / 1e9
 
 
@@ -101,8 +108,10 @@ def main() -> None:
         f"params {ours.num_parameters() / 1e6:.1f}M, {flops / 1e9:.0f} GFLOP per forward, threads {args.threads}"
     )
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    peaks = {"fp32": measured_matmul_peak(torch.float32), "bf16": measured_matmul_peak(torch.bfloat16)}
-    print(f"measured {2048}^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            mkl, dnn = measured_matmul_peak(dtype, False), measured_matmul_peak(dtype, True)
+            print(f"measured 2048^3 GEMM {dtype}: torch.matmul {mkl:.0f} GFLOP/s, oneDNN {dnn:.0f} GFLOP/s")
 
     times: dict[str, list[float]] = {name: [] for name in runs}
     outputs = {}
@@ -130,6 +139,41 @@ def main() -> None:
             f" {base / med:7.2f}x {err:12.2e}"
         )
     print("\nmax rel err = max|out - diffusers fp32| / max|diffusers fp32|")
+    attention_alternatives(args.rounds, heads=CONFIG["num_attention_heads"], tokens=total_tokens())
+
+
+def total_tokens() -> int:
+    _, _, frames, height, width = LATENT_SHAPE
+    return frames * (height // CONFIG["patch_size"]) * (width // CONFIG["patch_size"]) + TEXT_LEN
+
+
+def attention_alternatives(rounds: int, heads: int, tokens: int, head_dim: int = 64) -> None:
+    """One layer's attention alone: SDPA vs kinema's chunked backend, fp32 and bf16, alternating."""
+    from kinema.models.attention import chunked_attention, sdpa_attention
+
+    gen = torch.Generator().manual_seed(0)
+    # head-major memory viewed as (B, S, H, D), as the model lays q, k, v out
+    q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=gen).transpose(1, 2) for _ in range(3))
+    flops = 4 * tokens * tokens * head_dim * heads
+    runs = {}
+    for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        qq, kk, vv = q.to(dtype), k.to(dtype), v.to(dtype)
+        runs[f"sdpa {tag}"] = lambda qq=qq, kk=kk, vv=vv: sdpa_attention(qq, kk, vv)
+        runs[f"chunked {tag}"] = lambda qq=qq, kk=kk, vv=vv: chunked_attention(qq, kk, vv)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        reference = sdpa_attention(q, k, v)
+        errors = {name: (fn().float() - reference).abs().max().item() for name, fn in runs.items()}
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                times[name].append(_timed(fn)[0])
+    print(f"\nattention alone ({heads} heads x {tokens} tokens x {head_dim}, {flops / 1e9:.1f} GFLOP):")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(
+            f"  {name:13} {med * 1e3:7.0f} ms {flops / med / 1e9:6.0f} GFLOP/s   max abs err {errors[name]:.1e}"
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

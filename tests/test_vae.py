@@ -300,6 +300,8 @@ def test_bad_values_and_latents():
         ours.decode(torch.full((1, 4, 3, 2, 2), float("inf")))
     with pytest.raises(TypeError, match="torch.Tensor"):
         ours.decode([[0.0]])
+    with pytest.raises(ValueError, match="chunk_latent_frames must be a positive int"):
+        ours.decode(torch.zeros(1, 4, 3, 2, 2), chunk_latent_frames=0)
 
 
 @pytest.mark.parametrize(

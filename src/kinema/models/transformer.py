@@ -16,6 +16,7 @@ in the parameter dtype (fp32, or bf16 for ~3x speed on CPU). See docs/transforme
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -389,7 +390,7 @@ class VideoTransformer(ModelMixin):
         if torch_dtype == torch.float16 and torch.device(device).type == "cpu":
             warnings.warn(
                 "loading in float16 on CPU: move the model to a GPU before running it; CPU fp16 matmuls "
-                "are ~500x slower than bf16 (use torch_dtype=torch.bfloat16 on CPU)",
+                "are ~1000x slower than bf16 (use torch_dtype=torch.bfloat16 on CPU)",
                 stacklevel=2,
             )
         return super().from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype, device=device)
@@ -417,9 +418,8 @@ class VideoTransformer(ModelMixin):
                 "VideoTransformer in float16 on CPU: CPU fp16 matmuls run at ~0.4 GFLOP/s. "
                 "Use model.to(torch.bfloat16) (fast on CPU) or float32; fp16 is for GPUs."
             )
-        if device.type != "cpu":
-            return self._forward(latents, timestep, text_states, inpaint_latents, control_latents)
-        with spread_over_cores():  # no-op when training or single-threaded
+        # CPU inference: linears and attention split over per-core workers (no-op with grad or 1 thread).
+        with spread_over_cores() if device.type == "cpu" else contextlib.nullcontext():
             return self._forward(latents, timestep, text_states, inpaint_latents, control_latents)
 
     def _forward(self, latents, timestep, text_states, inpaint_latents, control_latents) -> torch.Tensor:

@@ -390,6 +390,12 @@ class VideoVAE(ModelMixin):
         return max(0, self.num_video_frames(latent_index + 1) - self.config.temporal_compression)
 
     def _latent_chunks(self, num_latent: int, chunk_latent_frames: int | None) -> Iterator[tuple[int, int]]:
+        if chunk_latent_frames is not None and (
+            not isinstance(chunk_latent_frames, int) or chunk_latent_frames < 1
+        ):
+            raise ValueError(
+                f"chunk_latent_frames must be a positive int or None, got {chunk_latent_frames!r}"
+            )
         if not self.config.spatial_group_norm:
             chunk_latent_frames = 1  # chunk-wide norm statistics: use the reference's chunking
         step = chunk_latent_frames or num_latent
@@ -418,8 +424,9 @@ class VideoVAE(ModelMixin):
     def encode(self, video: torch.Tensor, chunk_latent_frames: int | None = 1) -> GaussianPosterior:
         """Encode (B, C, 1 + t*k, H, W) in [-1, 1] to the posterior over (B, L, 1 + k, H/s, W/s) latents.
 
-        The video is encoded ``chunk_latent_frames`` latent frames at a time (None: all at once); with
-        per-frame norm the result does not depend on it, only the peak memory does.
+        The video runs through the encoder ``chunk_latent_frames`` latent frames (t video frames each)
+        at a time; None: all at once. With per-frame norm the result does not depend on it, only the
+        peak memory does, which grows with the chunk, not with the video length.
         """
         self._check_video(video)
         video = video.to(self.dtype)
@@ -431,10 +438,10 @@ class VideoVAE(ModelMixin):
         for (y0, y1), (x0, x1), weight in tiles:
             tile = video[:, :, :, y0 * s : y1 * s, x0 * s : x1 * s]
             cache: StreamCache = {}
-            for a, z in self._latent_chunks(shape[2], chunk_latent_frames):
-                frames = tile[:, :, self._first_video_frame(a) : self._first_video_frame(z)]
+            for start, stop in self._latent_chunks(shape[2], chunk_latent_frames):
+                frames = tile[:, :, self._first_video_frame(start) : self._first_video_frame(stop)]
                 out = self.quant_conv(self.encoder(frames, cache))
-                _blend_into(moments[:, :, a:z, y0:y1, x0:x1], out, weight)
+                _blend_into(moments[:, :, start:stop, y0:y1, x0:x1], out, weight)
         return GaussianPosterior(moments)
 
     def decode(self, latents: torch.Tensor, chunk_latent_frames: int | None = 1) -> torch.Tensor:
@@ -453,9 +460,9 @@ class VideoVAE(ModelMixin):
         for (y0, y1), (x0, x1), weight in tiles:
             tile = latents[:, :, :, y0:y1, x0:x1]
             cache: StreamCache = {}
-            for a, z in self._latent_chunks(n, chunk_latent_frames):
-                out = self.decoder(self.post_quant_conv(tile[:, :, a:z]), cache)
-                frames = slice(self._first_video_frame(a), self._first_video_frame(z))
+            for start, stop in self._latent_chunks(n, chunk_latent_frames):
+                out = self.decoder(self.post_quant_conv(tile[:, :, start:stop]), cache)
+                frames = slice(self._first_video_frame(start), self._first_video_frame(stop))
                 _blend_into(video[:, :, frames, y0 * s : y1 * s, x0 * s : x1 * s], out, weight)
         return video
 

@@ -114,6 +114,13 @@ def embedded_model() -> Path | None:
     return path if (path / "model_index.json").is_file() else None
 
 
+def family_transformer(model_path: str, model_type: str) -> Path | None:
+    """The family transformer folder for ``model_type`` (``transformer_control/`` ...), else None."""
+    from kinema.shapes.embedded import family_transformer as find
+
+    return find(model_path, model_type)
+
+
 def random_model(model_type: str) -> Path:
     """A cached small random model of ``model_type`` (built once, atomically, under the user's cache)."""
     from .random_model import build_random_model
@@ -163,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
     from .loading import check_model_folder, load_pipeline
     from .pipeline import check_mode
 
-    info = check_model_folder(model_path)
+    # A model family (the embedded ShapesWorld model) keeps its Control/Camera transformers beside the
+    # root model's transformer/ and shares the VAE and text encoder: swap in the one this request needs.
+    transformer = family_transformer(model_path, requested_model_type(config))
+    info = check_model_folder(model_path, transformer=transformer)
     check_mode(
         info["model_type"],
         image=config.image,
@@ -183,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipe = load_pipeline(
         model_path,
+        transformer=transformer,
         lora=config.lora,
         lora_weight=config.lora_weight,
         torch_dtype=config.dtype,
@@ -204,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "output": str(out),
         "model": {
             "path": str(Path(model_path).resolve()),
+            "transformer": str(Path(transformer).resolve()) if transformer else None,
             "type": pipe.model_type,
             "random": is_random,
             "pipeline_class": pipe.model_index.get("_class_name"),

@@ -61,6 +61,10 @@ _LAZY = {
     "read_video": ".dataset",
     "write_dataset": ".dataset",
     "write_video": ".dataset",
+    # embedded model family
+    "embedded_model_path": ".embedded",
+    "embedded_transformer": ".embedded",
+    "family_transformer": ".embedded",
 }
 
 __all__ = list(_LAZY)

@@ -14,7 +14,7 @@ import os
 import sys
 
 DESCRIPTION = """Train a kinema model (T2V / I2V / Control / Camera transformer, or the VAE) from a config
-file. Checkpoints go to OUTPUT_DIR/checkpoints/step-N (resume with --resume latest), scalar logs to
+file, or post-train one by reward backpropagation (mode = "reward", DRaFT-K / DRTune; docs/reward.md). Checkpoints go to OUTPUT_DIR/checkpoints/step-N (resume with --resume latest), scalar logs to
 OUTPUT_DIR/logs/metrics.jsonl (and TensorBoard if installed), final weights to OUTPUT_DIR/final.
 Launch with `accelerate launch -m kinema train CONFIG` for several processes."""
 

@@ -24,12 +24,15 @@ from typing import Any
 
 import tomllib
 
-MODES = ("t2v", "i2v", "control", "camera", "vae")
+MODES = ("t2v", "i2v", "control", "camera", "vae", "reward")
 TIMESTEP_DENSITIES = ("uniform", "logit_normal", "mode")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MASK_KINDS = ("full", "first_frame", "first_last", "first_span", "span", "box", "random_box", "random")
 SAMPLE_TYPES = ("video", "image")
+REWARD_METHODS = ("draft", "drtune")
+REWARD_STRATEGIES = ("last", "tail", "uniform", "random", "list")
+SHAPES_SPLITS = ("", "train", "held_out", "all")
 
 
 class ConfigError(ValueError):
@@ -232,8 +235,52 @@ class SampleConfig:
 
 
 @dataclass
+class RewardTermConfig:
+    """One reward term: a registered name (kinema.rewards.REWARDS) or "package.module:callable"."""
+
+    # brightness | shapes_color | shapes_motion | shapes | pickscore | aesthetic | hpsv2.1 | mps | "module:callable"
+    name: str = "shapes"
+    weight: float = 1.0
+    path: str = ""  # local weight folder (pickscore, aesthetic, hpsv2.1, mps); nothing is ever downloaded
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the reward
+
+
+@dataclass
+class RewardConfig:
+    """Reward backpropagation (mode = "reward"): DRaFT-K / DRTune over sampled trajectories."""
+
+    prompts: list[str] = field(default_factory=list)
+    prompt_file: str = ""  # .txt (one per line), .jsonl / .json (strings or objects with "text")
+    shapes_prompts: str = ""  # "" | train | held_out | all: generated ShapesWorld prompts of that split
+    shapes_languages: list[str] = field(default_factory=lambda: ["en"])
+    shapes_paths: list[str] = field(default_factory=lambda: ["straight"])
+    negative_prompt: str = ""
+    rewards: list[RewardTermConfig] = field(default_factory=lambda: [RewardTermConfig()])
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    steps: int = 20  # sampling steps of each trajectory
+    guidance: float = 6.0  # CFG scale during sampling; <= 1 disables CFG
+    method: str = "draft"  # draft (DRaFT-K: full chain) | drtune (model inputs detached)
+    strategy: str = "tail"  # last | tail | uniform | random | list
+    backprop_steps: int = 10  # K (tail / uniform / random)
+    # strategy "list": step indices (0 = first; negative counts from the end)
+    step_list: list[int] = field(default_factory=list)
+    step_range: list[int] = field(default_factory=list)  # [start, end) for uniform / random; [] = all steps
+    checkpoint_steps: bool = True  # recompute each chosen step's transformer call in the backward pass
+    # latent frames decoded for the reward (the decoder runs up to the last one); [] = all
+    decode_latent_frames: list[int] = field(default_factory=list)
+    decode_checkpointing: bool = True  # recompute each latent frame's VAE decode in the backward pass
+    eval_every_steps: int = 0  # 0 = never; also evaluated before the first and after the last step
+    eval_prompts: list[str] = field(default_factory=list)
+    eval_shapes_prompts: str = ""  # e.g. "held_out"
+    eval_max_prompts: int = 16  # 0 = all
+    eval_seed: int = 1234
+
+
+@dataclass
 class RunConfig:
-    mode: str = "t2v"  # t2v | i2v | control | camera | vae
+    mode: str = "t2v"  # t2v | i2v | control | camera | vae | reward
     output_dir: str = "runs/kinema"
     seed: int = 42
     max_steps: int = 0  # 0 = the sum of the stages' steps
@@ -252,6 +299,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     @property
     def total_steps(self) -> int:
@@ -284,6 +332,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    if isinstance(data, dict) and data.get("mode") == "reward":
+        # Reward post-training trains a LoRA unless the config says otherwise (V5.1's recipe).
+        lora = data.get("lora")
+        if lora is None or (isinstance(lora, dict) and "enabled" not in lora):
+            data = {**data, "lora": {**(lora or {}), "enabled": True}}
     config = _build(RunConfig, data, prefix="", source=source)
     validate_config(config, source)
     return config
@@ -466,14 +519,82 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     if v.perceptual not in ("none", "random_conv"):
         _check(":" in v.perceptual, source, "vae_loss.perceptual",
                f"is {v.perceptual!r}; use none, random_conv or 'package.module:callable'")  # fmt: skip
+    if c.mode == "reward":
+        validate_reward(c.reward, source)
     s = c.sample
     _check(s.every_steps >= 0, source, "sample.every_steps", "must be >= 0")
     if s.every_steps and c.mode != "vae":
         _check(bool(s.prompts), source, "sample.prompts", "must list prompts when sample.every_steps > 0")
 
 
+def validate_reward(r: RewardConfig, source: str) -> None:
+    from kinema.rewards.names import NEEDS_PATH, canonical_name, is_known_reward
+
+    _check_choice(r.method, REWARD_METHODS, source, "reward.method")
+    _check_choice(r.strategy, REWARD_STRATEGIES, source, "reward.strategy")
+    _check(r.steps >= 1, source, "reward.steps", f"must be >= 1, got {r.steps}")
+    if r.strategy in ("tail", "uniform", "random"):
+        _check(1 <= r.backprop_steps <= r.steps, source, "reward.backprop_steps",
+               f"must be in [1, reward.steps = {r.steps}], got {r.backprop_steps}")  # fmt: skip
+    if r.strategy == "list":
+        _check(bool(r.step_list), source, "reward.step_list", "must list step indices for strategy 'list'")
+    for i, step in enumerate(r.step_list):
+        _check(-r.steps <= step < r.steps, source, f"reward.step_list[{i}]",
+               f"is {step}, outside the {r.steps} sampling steps")  # fmt: skip
+    if r.step_range:
+        ok = len(r.step_range) == 2 and 0 <= r.step_range[0] < r.step_range[1] <= r.steps
+        _check(ok, source, "reward.step_range", f"must be [start, end) with 0 <= start < end <= {r.steps}, "
+               f"got {r.step_range}")  # fmt: skip
+        if r.strategy in ("uniform", "random"):
+            _check(r.step_range[1] - r.step_range[0] >= r.backprop_steps, source, "reward.step_range",
+                   f"holds fewer than reward.backprop_steps = {r.backprop_steps} steps")  # fmt: skip
+    _check(
+        r.frames >= 1 and (r.frames - 1) % 4 == 0, source, "reward.frames", f"must be 4k+1, got {r.frames}"
+    )
+    for name in ("height", "width"):
+        value = getattr(r, name)
+        _check(
+            value >= 16 and value % 16 == 0,
+            source,
+            f"reward.{name}",
+            f"must be a multiple of 16, got {value}",
+        )
+    _check(r.guidance >= 0, source, "reward.guidance", f"must be >= 0, got {r.guidance}")
+    for i, f in enumerate(r.decode_latent_frames):
+        _check(f >= 0, source, f"reward.decode_latent_frames[{i}]", f"must be >= 0, got {f}")
+    _check(bool(r.rewards), source, "reward.rewards", "must list at least one reward")
+    for i, term in enumerate(r.rewards):
+        n = f"reward.rewards[{i}]"
+        _check(is_known_reward(term.name), source, f"{n}.name",
+               f"is {term.name!r}; use a built-in reward (brightness, shapes_color, shapes_motion, shapes, "
+               "pickscore, aesthetic, hpsv2.1, mps) or 'package.module:callable'")  # fmt: skip
+        if canonical_name(term.name) in NEEDS_PATH:
+            _check(
+                bool(term.path), source, f"{n}.path", f"must name the local weight folder of {term.name!r}"
+            )
+    _check_choice(r.shapes_prompts, SHAPES_SPLITS, source, "reward.shapes_prompts")
+    _check_choice(r.eval_shapes_prompts, SHAPES_SPLITS, source, "reward.eval_shapes_prompts")
+    _check(bool(r.prompts or r.prompt_file or r.shapes_prompts), source, "reward.prompts",
+           "must give prompts (reward.prompts, reward.prompt_file or reward.shapes_prompts)")  # fmt: skip
+    from kinema.shapes.prompts import LANGUAGES
+    from kinema.shapes.spec import PATHS
+
+    for i, lang in enumerate(r.shapes_languages):
+        _check_choice(lang, tuple(LANGUAGES), source, f"reward.shapes_languages[{i}]")
+    for i, path in enumerate(r.shapes_paths):
+        _check_choice(path, PATHS, source, f"reward.shapes_paths[{i}]")
+    _check(r.eval_every_steps >= 0, source, "reward.eval_every_steps", "must be >= 0")
+    _check(r.eval_max_prompts >= 0, source, "reward.eval_max_prompts", "must be >= 0")
+    if r.eval_every_steps:
+        _check(bool(r.eval_prompts or r.eval_shapes_prompts), source, "reward.eval_prompts",
+               "must give prompts (or reward.eval_shapes_prompts) when reward.eval_every_steps > 0")  # fmt: skip
+
+
 def check_paths(c: RunConfig, source: str = "config") -> None:
     """File checks, run before anything heavy is loaded."""
+    if c.mode == "reward":
+        _check_reward_paths(c, source)
+        return
     _check(
         bool(c.data.root), source, "data.root", "must be set (the folder the metadata paths are relative to)"
     )
@@ -482,6 +603,10 @@ def check_paths(c: RunConfig, source: str = "config") -> None:
     meta = Path(c.data.metadata)
     meta = meta if meta.is_absolute() else root / meta
     _check(meta.is_file(), source, "data.metadata", f"file '{meta}' does not exist")
+    _check_model_paths(c, source)
+
+
+def _check_model_paths(c: RunConfig, source: str) -> None:
     m = c.model
     for name in ("pretrained", "transformer_path", "vae_path", "text_encoder_path"):
         value = getattr(m, name)
@@ -490,6 +615,24 @@ def check_paths(c: RunConfig, source: str = "config") -> None:
     if c.checkpoint.resume not in ("", "latest"):
         _check(Path(c.checkpoint.resume).is_dir(), source, "checkpoint.resume",
                f"checkpoint folder '{c.checkpoint.resume}' does not exist")  # fmt: skip
+
+
+def _check_reward_paths(c: RunConfig, source: str) -> None:
+    """Reward mode reads prompts, not a dataset: data.root is not needed."""
+    _check_model_paths(c, source)
+    r = c.reward
+    if r.prompt_file:
+        _check(
+            Path(r.prompt_file).is_file(),
+            source,
+            "reward.prompt_file",
+            f"file '{r.prompt_file}' does not exist",
+        )
+    for i, term in enumerate(r.rewards):
+        if term.path:
+            _check(Path(term.path).expanduser().is_dir(), source, f"reward.rewards[{i}].path",
+                   f"folder '{term.path}' does not exist (the local weights of reward {term.name!r}; "
+                   "kinema never downloads them)")  # fmt: skip
 
 
 def metadata_path(c: RunConfig) -> Path:

@@ -41,6 +41,8 @@ class ModeSpec:
     trains = "transformer"  # or "vae"
     extra_channels = 0  # transformer in_channels = 16 + extra_channels
     description = "text-to-video"
+    needs_data = True  # False: the mode builds its own batches (reward mode: prompts)
+    any_input_channels = False  # True: any V5.1 transformer type (16 / 33 / 48 / 38 input channels)
 
     def load_options(self, config: RunConfig) -> LoadOptions:
         return LoadOptions()
@@ -136,7 +138,22 @@ class VAEMode(ModeSpec):
         return LoadOptions(pixels_always=True)
 
 
-MODES: dict[str, type[ModeSpec]] = {m.name: m for m in (T2VMode, I2VMode, ControlMode, CameraMode, VAEMode)}
+class RewardMode(ModeSpec):
+    """Reward backpropagation (DRaFT-K / DRTune, ``training/reward.py``): prompts in, no video data.
+
+    Any transformer type is accepted; InP / Control / Camera models sample their text-to-video path with zero
+    conditioning latents, as the generation pipeline does.
+    """
+
+    name = "reward"
+    description = "reward backpropagation through sampled trajectories (DRaFT-K, DRTune)"
+    needs_data = False
+    any_input_channels = True
+
+
+MODES: dict[str, type[ModeSpec]] = {
+    m.name: m for m in (T2VMode, I2VMode, ControlMode, CameraMode, VAEMode, RewardMode)
+}
 
 
 def get_mode(name: str) -> ModeSpec:

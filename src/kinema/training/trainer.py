@@ -97,6 +97,8 @@ class TrainResult:
     data_errors: int = 0
     skipped_samples: int = 0  # missing / unreadable at startup
     output_dir: str = ""
+    eval_start: dict[str, float] = field(default_factory=dict)  # reward mode: eval before the first step
+    eval_end: dict[str, float] = field(default_factory=dict)  # ... and after the last one
 
 
 class _Batches:
@@ -134,6 +136,7 @@ class Trainer:
         self.state = TrainState()
         self.ema: EMA | None = None
         self.cache: LatentCache | None = None
+        self.reward_task = None  # reward mode: prompts, sampler and reward (training/reward.py)
         self.skipped_samples: list[tuple[str, str]] = []
         self._setup_done = False
 
@@ -240,7 +243,14 @@ class Trainer:
     def _check_transformer(self, transformer) -> None:
         need = self.latent_channels + self.mode.extra_channels
         have = transformer.config.in_channels
-        if have != need:
+        if self.mode.any_input_channels:
+            from kinema.pipelines.loading import model_type_from_channels
+
+            try:
+                model_type_from_channels(have, self.latent_channels)
+            except ValueError as e:
+                raise ConfigError(f"config: mode '{self.mode.name}': {e}") from None
+        elif have != need:
             if self.config.model.expand_input_channels and have == self.latent_channels:
                 _expand_input_channels(transformer, need)
                 logger.info(
@@ -266,6 +276,15 @@ class Trainer:
     # ---- data ------------------------------------------------------------------------------------------
     def _build_data(self) -> None:
         c, acc = self.config, self.accelerator
+        self.reward_task = None
+        if not self.mode.needs_data:  # reward mode: batches of prompts (training/reward.py)
+            from .reward import RewardTask, reward_mode_errors
+
+            problem = reward_mode_errors(acc)
+            if problem:
+                raise ConfigError(problem)
+            self.reward_task = RewardTask(self)
+            return
         samples = load_metadata(metadata_path(c), c.data.root)
         usable, self.skipped_samples = probe_samples(samples)
         if acc.is_main_process and self.skipped_samples:
@@ -564,6 +583,8 @@ class Trainer:
         """Loss of one micro-batch (this process's share) and per-batch statistics."""
         if self.mode.trains == "vae":
             return self._vae_loss(batch)
+        if self.reward_task is not None:
+            return self.reward_task.loss(batch, self.state.micro_step)
         c, device = self.config, self.accelerator.device
         rand = SampleRandom(c.seed, self.state.micro_step, [r.slot for r in batch["requests"]])
         with torch.no_grad():
@@ -632,8 +653,12 @@ class Trainer:
 
     # =========================================================================================== the loop
     def _loader(self, stage_index: int) -> DataLoader:
-        sampler, dataset = self.stage_data[stage_index]
         acc = self.accelerator
+        if self.reward_task is not None:
+            state = self.state
+            return self.reward_task.batches(stage_index, state.epoch, state.batch, acc.process_index,
+                                            acc.num_processes)  # fmt: skip
+        sampler, dataset = self.stage_data[stage_index]
         batches = _Batches(sampler, self.state.epoch, self.state.batch, acc.process_index, acc.num_processes)
         return DataLoader(
             dataset,
@@ -649,6 +674,8 @@ class Trainer:
         result = TrainResult(
             steps=state.step, skipped_samples=len(self.skipped_samples), output_dir=str(self.output_dir)
         )
+        if self.reward_task is not None and state.step == 0:
+            result.eval_start = self.evaluate_reward()
         bar = _progress_bar(total, state.step, enabled=acc.is_main_process and c.logging.progress_bar)
         window_start, window_steps = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=acc.device)
@@ -698,6 +725,8 @@ class Trainer:
                             break
         if bar is not None:
             bar.close()
+        if self.reward_task is not None:
+            result.eval_end = self.evaluate_reward()
         self.save_checkpoint()
         # Sharded runs: gather the full weights first (a collective: every process takes part).
         full_state = self.accelerator.get_state_dict(self.train_model) if self.sharded else None
@@ -714,6 +743,10 @@ class Trainer:
         """Clip, check, step (or skip). Returns (loss averaged over processes, grad norm, stepped?)."""
         acc, c, state = self.accelerator, self.config, self.state
         step_loss = float(acc.reduce(mean_loss.detach().clone(), reduction="mean"))
+        if self.reward_task is not None:  # reward mode bypasses DDP's hooks (many model calls per backward)
+            from .reward import average_gradients
+
+            average_gradients(acc, self.trained_params)
         max_norm = c.train.max_grad_norm if c.train.max_grad_norm > 0 else float("inf")
         # The norm is computed from the gradients after the all-reduce, so every process takes the same
         # decision; non-finite losses make non-finite gradients, so one check covers both.
@@ -758,15 +791,30 @@ class Trainer:
             "stage": s.stage,
             "nonfinite_steps": s.nonfinite_steps,
             "data_errors": s.data_errors,
-            "tokens_per_sample": self.geometry.tokens(plan.height, plan.width, plan.frames),
             **stats,
         }
+        if plan is not None:
+            values["tokens_per_sample"] = self.geometry.tokens(plan.height, plan.width, plan.frames)
         if self.cache is not None:
             values.update(cache_hits=self.cache.hits, cache_misses=self.cache.misses)
         self.metrics.log(s.step, values)
 
+    def evaluate_reward(self) -> dict[str, float]:
+        """Reward mode: the mean reward on ``reward.eval_prompts``, logged at the current step (main process)."""
+        if self.reward_task is None or not self.reward_task.eval_prompts:
+            return {}
+        values = self.reward_task.evaluate() if self.accelerator.is_main_process else {}
+        if values:
+            self.metrics.log(self.state.step, values)
+            logger.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        self.accelerator.wait_for_everyone()
+        return values
+
     def _after_step(self) -> None:
         c, s = self.config, self.state
+        every = c.reward.eval_every_steps if self.reward_task is not None else 0
+        if every and s.step % every == 0 and s.step < c.total_steps:
+            self.evaluate_reward()
         if c.sample.every_steps and s.step % c.sample.every_steps == 0 and self.mode.trains == "transformer":
             self.sample_videos()
         if c.checkpoint.every_steps and s.step % c.checkpoint.every_steps == 0 and s.step < c.total_steps:

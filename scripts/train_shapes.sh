@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Train the embedded ShapesWorld model family with kinema's own trainer and install it into the package.
+#
+#   bash scripts/train_shapes.sh            # everything; rerun to resume after an interruption
+#
+# Steps (run folders under runs/shapes/, gitignored; every `kinema train` resumes from its latest
+# checkpoint and a finished step is skipped):
+#   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded),
+#      trajectory control videos, metadata variants; the frozen small text encoder (bf16 weights)
+#   2. VAE: single frames, then 9-frame videos (configs/shapes/vae_*.toml)
+#   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
+#   4. transformers: T2V base, then InP (T2V + I2V), Control (trajectory) and Camera branches
+#   5. export the family, benchmark it on held-out prompts (kinema eval), install into
+#      src/kinema/shapes/embedded/
+# See docs/shapesworld-model.md for the design, the budget and the measurements.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+RUNS=runs/shapes            # the configs name these folders
+CLIPS=${CLIPS:-3000}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+train() {  # train CONFIG RUN: skip a finished run, resume an interrupted one
+    if [ -d "$RUNS/$2/final" ]; then echo "== $2: done"; return; fi
+    echo "== $2: kinema train $1"
+    "$PY" -m kinema train "$1" --no-progress
+}
+
+echo "== data"
+"$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
+[ -f "$RUNS/text/text_encoder/config.json" ] || "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text"
+
+train configs/shapes/vae_image.toml vae_image
+train configs/shapes/vae_video.toml vae_video
+echo "== VAE gate"
+"$PY" -m kinema.shapes.vae_check "$RUNS/vae_video/final/vae_ema" --clips 32 --min-psnr 28
+
+train configs/shapes/t2v.toml t2v
+train configs/shapes/inp.toml inp
+train configs/shapes/control.toml control
+train configs/shapes/camera.toml camera
+
+echo "== export + benchmark"
+"$PY" -m kinema.shapes.recipe export "$RUNS" "$RUNS/export" --text-encoder "$RUNS/text"
+"$PY" -m kinema eval --model "$RUNS/export" --prompts 32 --json "$RUNS/eval.json"
+rm -rf src/kinema/shapes/embedded
+cp -r "$RUNS/export" src/kinema/shapes/embedded
+du -sh src/kinema/shapes/embedded

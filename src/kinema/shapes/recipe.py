@@ -1,0 +1,189 @@
+"""Helpers of the embedded-model training recipe (``scripts/train_shapes.sh``); the training is ``kinema train``.
+
+    python -m kinema.shapes.recipe data DIR [--clips N] [--seed S]     training set + control videos
+    python -m kinema.shapes.recipe finalize-vae SRC DST --data DIR      deterministic posterior, scaling
+    python -m kinema.shapes.recipe text-encoder DIR                     the frozen small text encoder
+    python -m kinema.shapes.recipe export RUNS OUT                      assemble the embedded model family
+
+``data`` writes the ShapesWorld training split (held-out colour x shape x direction combinations are never
+drawn) with ``kinema.shapes.write_dataset`` and adds what the trainer's control and camera modes read:
+a trajectory control video per clip (white Gaussian blobs on the object tracks, rendered by
+``kinema.control.render_trajectory_video``, the same renderer ``kinema generate --trajectory`` uses) and
+three metadata files: ``metadata.jsonl`` (all samples), ``metadata_control.jsonl`` (videos with
+``control_file_path``) and ``metadata_camera.jsonl`` (videos with ``camera_file_path``).
+
+``finalize-vae`` turns the deterministically trained autoencoder into the VAE the transformers use: the
+log-variance half of ``quant_conv`` is set to a constant -30 (std 3e-7), so the trainer's posterior
+*sample* equals the mode it was trained with (a never-trained log-variance sits at ~0, std 1, which
+would drown latents of std ~1), and ``scaling_factor`` becomes 1 / (latent std on training clips), so
+the diffusion latents have unit variance.
+
+``text-encoder`` builds the small random Qwen2-VL text encoder once, with weights rounded to bf16 and
+stored in bf16 (half the bytes; loading them into fp32 is exact, so training and inference see the same
+encoder), plus the real tokenizer. Every transformer run reads it (``model.text_encoder_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import DEFAULT_FPS, load_metadata, write_dataset, write_video
+
+TEXT_ENCODER = dict(hidden_size=32, num_layers=2, num_attention_heads=2, num_key_value_heads=1)
+
+
+def prepare_data(root: str | Path, clips: int, seed: int = 0, image_fraction: float = 0.1) -> Path:
+    """Write the training set and its control videos / metadata variants; returns ``root``."""
+    from kinema.control.trajectory import Track, render_trajectory_video
+
+    root = Path(root)
+    write_dataset(root, clips, seed=seed, split="train", image_fraction=image_fraction)
+    (root / "control").mkdir(exist_ok=True)
+    records = load_metadata(root)
+    control_rows, camera_rows = [], []
+    for rec in records:
+        if rec["type"] != "video":
+            continue
+        tracks = np.asarray(rec["tracks"], dtype=np.float64)
+        nf = int(rec["num_frames"])
+        points = [Track([(f, float(x), float(y)) for f, (x, y) in enumerate(t)]) for t in tracks]
+        control = render_trajectory_video(points, nf, rec["height"], rec["width"], method="linear")
+        name = f"control/{Path(rec['file_path']).stem}.mp4"
+        write_video(root / name, control, DEFAULT_FPS, crf=10)
+        control_rows.append({**rec, "control_file_path": name})
+        camera_rows.append({**rec, "camera_file_path": rec["pose_file"]})
+    for name, rows in (("metadata_control.jsonl", control_rows), ("metadata_camera.jsonl", camera_rows)):
+        with (root / name).open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return root
+
+
+FIXED_LOGVAR = -30.0
+
+
+def finalize_vae(
+    src: str | Path, dst: str | Path, data_root: str | Path, clips: int = 64
+) -> dict[str, float]:
+    """Write ``dst``: ``src`` with a fixed log-variance and a measured scaling factor; returns the stats."""
+    import torch
+
+    from kinema.models import VideoVAE
+
+    from .dataset import read_video
+
+    vae = VideoVAE.from_pretrained(src).eval()
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[latent:] = 0.0
+        vae.quant_conv.bias[latent:] = FIXED_LOGVAR
+        means = []
+        videos = [r for r in load_metadata(data_root) if r["type"] == "video"][:clips]
+        for rec in videos:
+            frames = read_video(Path(data_root) / rec["file_path"])
+            x = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)[None]
+            means.append(vae.encode(x).mode().flatten())
+    std = float(torch.cat(means).std())
+    vae.config.scaling_factor = round(1.0 / std, 4)
+    vae.save_pretrained(dst)
+    return {"latent_std": std, "scaling_factor": round(1.0 / std, 4)}
+
+
+def build_text_encoder(out: str | Path, seed: int = 0) -> Path:
+    """The frozen small text encoder (bf16-exact weights, stored bf16) + tokenizer in ``out``."""
+    import torch
+
+    from kinema.text import PromptEncoder
+
+    encoder = PromptEncoder.small(seed=seed, **TEXT_ENCODER)
+    encoder.model.to(torch.bfloat16)
+    encoder.save_pretrained(out)
+    return Path(out)
+
+
+def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -> Path:
+    """Assemble the embedded model family from the recipe's run folders (see kinema.shapes.embedded)."""
+    from kinema.pipelines.random_model import OFFICIAL_SCHEDULER_CONFIG, PIPELINE_CLASS
+
+    runs, out = Path(runs), Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    def final(run: str, part: str) -> Path:
+        for name in (f"{part}_ema", part):
+            folder = runs / run / "final" / name
+            if folder.is_dir():
+                return folder
+        raise FileNotFoundError(f"{runs / run / 'final'}: no {part}/ (did the run finish?)")
+
+    shutil.copytree(runs / "vae", tmp / "vae")  # finalize_vae's output
+    shutil.copytree(final("inp", "transformer"), tmp / "transformer")
+    shutil.copytree(final("control", "transformer"), tmp / "transformer_control")
+    shutil.copytree(final("camera", "transformer"), tmp / "transformer_camera")
+    for name in ("text_encoder", "tokenizer"):
+        shutil.copytree(Path(text_encoder) / name, tmp / name)
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(OFFICIAL_SCHEDULER_CONFIG, indent=2) + "\n"
+    )
+    index = {
+        "_class_name": PIPELINE_CLASS["inp"],
+        "_diffusers_version": "0.32.0",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen2VLForConditionalGeneration"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "transformer": ["diffusers", "EasyAnimateTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLMagvit"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kinema.shapes.recipe", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("data", help="write the training set, control videos and metadata variants")
+    p.add_argument("root")
+    p.add_argument("--clips", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-fraction", type=float, default=0.1)
+    p = sub.add_parser("finalize-vae", help="fixed log-variance + measured scaling factor")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--data", required=True, help="training data root (latent statistics)")
+    p = sub.add_parser("text-encoder", help="build the frozen small text encoder + tokenizer")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("export", help="assemble the embedded model family from the run folders")
+    p.add_argument("runs")
+    p.add_argument("out")
+    p.add_argument("--text-encoder", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        if (Path(args.root) / "metadata_camera.jsonl").is_file():
+            print(f"{args.root}: already written")
+            return 0
+        prepare_data(args.root, args.clips, args.seed, args.image_fraction)
+    elif args.command == "finalize-vae":
+        print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
+    elif args.command == "text-encoder":
+        build_text_encoder(args.out, args.seed)
+    else:
+        print(export_family(args.runs, args.out, args.text_encoder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Pieces of the embedded-model recipe: the foreground VAE loss, the VAE gate and the data step."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from kinema.shapes import random_clip
+from kinema.shapes.vae_loss import ForegroundL1, foreground_mask
+
+
+def _video(clip) -> torch.Tensor:
+    return torch.from_numpy(clip.frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+
+
+def test_foreground_mask_covers_the_objects_and_little_else():
+    clip = random_clip(3, frames=5)
+    mask = foreground_mask(_video(clip))[0, 0].numpy().astype(bool)  # (F, H, W)
+    for f in range(5):
+        for x, y in clip.tracks[:, f]:
+            assert mask[f, int(round(y)), int(round(x))]  # every object centre is foreground
+    assert mask.mean() < 0.25
+
+
+def test_foreground_l1_is_zero_for_a_perfect_reconstruction_and_weighs_objects():
+    video = _video(random_clip(4, frames=1))
+    loss = ForegroundL1()
+    assert loss(video, video).item() == 0.0
+    wrong_bg = video.clone()
+    wrong_bg[foreground_mask(video).expand_as(video) == 0] += 0.5  # only background pixels wrong
+    assert loss(video, wrong_bg).item() == 0.0
+    assert loss(video, torch.zeros_like(video)).item() > 0.1
+
+
+def test_vae_check_gate(tmp_path, capsys):
+    from kinema.models import VideoVAE
+    from kinema.shapes.vae_check import main
+
+    VideoVAE.from_config(
+        dict(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, layers_per_block=1)
+    ).save_pretrained(tmp_path / "vae")
+    assert main([str(tmp_path / "vae"), "--clips", "1", "--frames", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips"] == 1 and 0 < report["psnr"] < 28
+    assert main([str(tmp_path / "vae"), "--clips", "1", "--frames", "5", "--min-psnr", "28"]) == 1
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_recipe_data_step(tmp_path):
+    from kinema.data.metadata import load_metadata
+    from kinema.shapes.recipe import prepare_data
+
+    root = prepare_data(tmp_path / "data", clips=4, seed=0, image_fraction=0.0)
+    control = [json.loads(line) for line in (root / "metadata_control.jsonl").read_text().splitlines()]
+    camera = [json.loads(line) for line in (root / "metadata_camera.jsonl").read_text().splitlines()]
+    assert len(control) == len(camera) == 4
+    assert all((root / row["control_file_path"]).is_file() for row in control)
+    assert all((root / row["camera_file_path"]).is_file() for row in camera)
+    assert not any(row["held_out"] for row in control)
+    samples = load_metadata(root / "metadata_control.jsonl", root)
+    assert all(s.control_path is not None and s.control_path.is_file() for s in samples)
