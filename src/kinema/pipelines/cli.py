@@ -108,9 +108,12 @@ def embedded_model() -> Path | None:
     except ImportError:
         return None
     try:
-        path = Path(embedded_model_path())
+        found = embedded_model_path()
     except (FileNotFoundError, OSError, ValueError):
         return None
+    if found is None:
+        return None
+    path = Path(found)
     return path if (path / "model_index.json").is_file() else None
 
 
