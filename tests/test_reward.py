@@ -559,3 +559,57 @@ def test_registry_names_match():
     from kinema.rewards.names import BUILTIN
 
     assert set(REWARDS) == set(BUILTIN)
+
+
+DDP_WORKER = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from kinema.training.config import config_from_dict
+from kinema.training.trainer import Trainer
+trainer = Trainer(config_from_dict(json.loads(open(sys.argv[1]).read())))
+result = trainer.train()
+if trainer.accelerator.is_main_process:
+    torch.save({"processes": trainer.accelerator.num_processes, "losses": result.losses,
+                "weights": {k: v.detach().clone() for k, v in trainer.transformer.state_dict().items()}}, sys.argv[2])
+"""
+
+
+def test_two_processes_train_like_one_with_the_combined_batch(tmp_path):
+    """DDP (2 gloo processes, batch 1 each) == 1 process with batch 2: reward mode averages gradients itself."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("accelerate launcher not installed")
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    results = {}
+    for name, batch in (("one", 2), ("two", 1)):
+        config = reward_config(tmp_path, output_dir=str(tmp_path / name), lora={"enabled": False},
+                               train={"cpu_threads": 1, "max_grad_norm": 0.0},
+                               stages=[{"batch_size": batch, "steps": 3, "lr": 1e-2}],
+                               reward={"strategy": "random", "prompts": ["a red circle moves right",
+                                       "a blue square moves up", "a white star", "a green diamond"]})  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(config.to_dict()))
+        args = [str(worker), str(tmp_path / f"{name}.json"), str(tmp_path / f"{name}.pt")]
+        if name == "one":
+            subprocess.run([sys.executable, *args], check=True, env=env, timeout=300)
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *args]  # fmt: skip
+            subprocess.run(cmd, check=True, env={**env, "ACCELERATE_USE_CPU": "1"}, timeout=300)
+        results[name] = torch.load(tmp_path / f"{name}.pt")
+    one, two = results["one"], results["two"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    np.testing.assert_allclose(two["losses"], one["losses"], atol=1e-6)
+    for key, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][key], value, atol=2e-4, rtol=1e-4)
