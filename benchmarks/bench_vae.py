@@ -26,6 +26,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -230,6 +231,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2, help="calls per child: cold, then warm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accuracy", action="store_true", help="print error figures, no timings")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (weights, outputs)")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     for name in ("impl", "op", "dtype", "input_key", "workdir", "out"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -326,7 +328,11 @@ def main() -> None:
                 print(
                     f"# {op} {impl}: peak RSS 25 frames / 9 frames = {long['peak_mb'] / short['peak_mb']:.2f}"
                 )
-    print(f"# load average at the end {os.getloadavg()[0]:.2f}; outputs in {workdir}")
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
+    if args.keep:
+        print(f"# weights, inputs and outputs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":

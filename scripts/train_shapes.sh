@@ -7,7 +7,8 @@
 # checkpoint and a finished step is skipped):
 #   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded),
 #      trajectory control videos, metadata variants; the frozen small text encoder (bf16 weights)
-#   2. VAE: single frames, then 9-frame videos (configs/shapes/vae_*.toml)
+#   2. VAE: single frames, then (temporal taps moved into the newest tap: `recipe inflate-vae`)
+#      9-frame videos (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
 #   4. transformers: T2V base, then InP (T2V + I2V), Control (trajectory) and Camera branches
 #   5. export the family, benchmark it on held-out prompts (kinema eval), install into
@@ -31,6 +32,8 @@ echo "== data"
 [ -f "$RUNS/text/text_encoder/config.json" ] || "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text"
 
 train configs/shapes/vae_image.toml vae_image
+[ -f "$RUNS/vae_image_inflated/config.json" ] ||
+    "$PY" -m kinema.shapes.recipe inflate-vae "$RUNS/vae_image/final/vae" "$RUNS/vae_image_inflated"
 train configs/shapes/vae_video.toml vae_video
 echo "== VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_video/final/vae_ema" --clips 32 --min-psnr 28

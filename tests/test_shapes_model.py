@@ -60,3 +60,24 @@ def test_recipe_data_step(tmp_path):
     assert not any(row["held_out"] for row in control)
     samples = load_metadata(root / "metadata_control.jsonl", root)
     assert all(s.control_path is not None and s.control_path.is_file() for s in samples)
+
+
+def test_inflate_vae_is_exact_on_images_and_keeps_frames_apart(tmp_path):
+    from kinema.models import VideoVAE
+    from kinema.shapes.recipe import inflate_vae
+
+    torch.manual_seed(0)
+    cfg = dict(block_out_channels=(8, 8, 16, 16), norm_num_groups=1, layers_per_block=1)
+    VideoVAE.from_config(cfg).save_pretrained(tmp_path / "a")
+    assert inflate_vae(tmp_path / "a", tmp_path / "b") > 0
+    a, b = (VideoVAE.from_pretrained(tmp_path / n).eval() for n in ("a", "b"))
+    image = _video(random_clip(5, frames=1))
+    with torch.no_grad():
+        za, zb = a.encode(image).mode(), b.encode(image).mode()
+        torch.testing.assert_close(za, zb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.decode(za), b.decode(zb), rtol=1e-4, atol=1e-5)
+        # Inflated: a latent frame decodes from itself only, so later latents matter from the start.
+        z = b.encode(_video(random_clip(6, frames=9))).mode()
+        same = z.clone()
+        same[:, :, 1:] = z[:, :, :1]
+        assert (b.decode(z) - b.decode(same)).abs().mean() > 1e-3

@@ -1,6 +1,7 @@
 """Helpers of the embedded-model training recipe (``scripts/train_shapes.sh``); the training is ``kinema train``.
 
     python -m kinema.shapes.recipe data DIR [--clips N] [--seed S]     training set + control videos
+    python -m kinema.shapes.recipe inflate-vae SRC DST                  image VAE -> video-stage init
     python -m kinema.shapes.recipe finalize-vae SRC DST --data DIR      deterministic posterior, scaling
     python -m kinema.shapes.recipe text-encoder DIR                     the frozen small text encoder
     python -m kinema.shapes.recipe export RUNS OUT                      assemble the embedded model family
@@ -66,6 +67,34 @@ def prepare_data(root: str | Path, clips: int, seed: int = 0, image_fraction: fl
 
 
 FIXED_LOGVAR = -30.0
+
+
+def inflate_vae(src: str | Path, dst: str | Path) -> int:
+    """Move every causal conv's temporal taps into its newest tap (t); returns the number of convs changed.
+
+    On images (the first frame is replicated into the causal padding) only the *sum* of a conv's three
+    temporal taps matters, and the three taps get identical gradients, so an image-trained VAE keeps its
+    random initial split: in video it then mixes each frame with the previous two everywhere, and the
+    decoder ends up copying frame 0 forward (measured: replacing latent frames 1..4 by frame 0 changed
+    its output by 0.002). Putting the sum into the newest tap is exact on images and makes every frame
+    start from its own latent (the usual "inflation" of image weights for causal video convs).
+    """
+    import torch
+
+    from kinema.models import VideoVAE
+    from kinema.models.vae import CausalConv3d
+
+    vae = VideoVAE.from_pretrained(src)
+    changed = 0
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, CausalConv3d) and module.weight.shape[2] > 1:
+                total = module.weight.sum(dim=2)
+                module.weight.zero_()
+                module.weight[:, :, -1] = total
+                changed += 1
+    vae.save_pretrained(dst)
+    return changed
 
 
 def finalize_vae(
@@ -159,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-fraction", type=float, default=0.1)
+    p = sub.add_parser("inflate-vae", help="image VAE -> video init: temporal taps into the newest tap")
+    p.add_argument("src")
+    p.add_argument("dst")
     p = sub.add_parser("finalize-vae", help="fixed log-variance + measured scaling factor")
     p.add_argument("src")
     p.add_argument("dst")
@@ -176,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.root}: already written")
             return 0
         prepare_data(args.root, args.clips, args.seed, args.image_fraction)
+    elif args.command == "inflate-vae":
+        print(f"{inflate_vae(args.src, args.dst)} causal convs inflated")
     elif args.command == "finalize-vae":
         print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
     elif args.command == "text-encoder":
