@@ -171,24 +171,13 @@ def run(args: argparse.Namespace) -> int:
             is_random = True
 
     from .loading import check_model_folder, load_pipeline
-    from .pipeline import check_mode
+    from .pipeline import check_config_mode
 
     # A model family (the embedded ShapesWorld model) keeps its Control/Camera transformers beside the
     # root model's transformer/ and shares the VAE and text encoder: swap in the one this request needs.
     transformer = family_transformer(model_path, requested_model_type(config))
     info = check_model_folder(model_path, transformer=transformer)
-    check_mode(
-        info["model_type"],
-        image=config.image,
-        end_image=config.end_image,
-        video=config.video,
-        mask_video=config.mask,
-        control_video=config.control_video,
-        ref_image=config.reference_image,
-        trajectory=config.trajectory,
-        camera=config.camera,
-        chunk_frames=config.chunk_frames,
-    )
+    check_config_mode(info["model_type"], config)
     from .schedulers import make_scheduler
 
     make_scheduler(config.sampler, info["scheduler_config"])

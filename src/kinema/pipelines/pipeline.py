@@ -962,3 +962,19 @@ class VideoPipeline:
         from PIL import Image
 
         return [[Image.fromarray(f) for f in clip] for clip in frames]
+
+
+def check_config_mode(model_type: str, config) -> str:
+    """``check_mode`` for a :class:`~kinema.config.GenerationConfig` (the CLI and the server share it)."""
+    return check_mode(
+        model_type,
+        image=config.image,
+        end_image=config.end_image,
+        video=config.video,
+        mask_video=config.mask,
+        control_video=config.control_video,
+        ref_image=config.reference_image,
+        trajectory=config.trajectory,
+        camera=config.camera,
+        chunk_frames=config.chunk_frames,
+    )

@@ -471,7 +471,7 @@ class JobManager:
     ) -> dict[str, Any]:
         from kinema.pipelines.cli import output_path, preflight_inputs
         from kinema.pipelines.loading import default_device, resolve_dtype
-        from kinema.pipelines.pipeline import check_mode
+        from kinema.pipelines.pipeline import check_config_mode
         from kinema.pipelines.schedulers import make_scheduler
 
         values = request.model_dump()
@@ -519,18 +519,7 @@ class JobManager:
             raise fail(e, "format") from None
         model = self._resolve_model(config.model, config)
         try:
-            mode = check_mode(
-                model["type"],
-                image=config.image,
-                end_image=config.end_image,
-                video=config.video,
-                mask_video=config.mask,
-                control_video=config.control_video,
-                ref_image=config.reference_image,
-                trajectory=config.trajectory,
-                camera=config.camera,
-                chunk_frames=config.chunk_frames,
-            )
+            mode = check_config_mode(model["type"], config)
         except ValueError as e:
             raise fail(e, "model") from None
         try:
