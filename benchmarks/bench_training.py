@@ -24,21 +24,9 @@ import subprocess
 import sys
 import time
 
-CONFIG = dict(
-    num_attention_heads=8,
-    attention_head_dim=64,
-    in_channels=16,
-    out_channels=16,
-    patch_size=2,
-    num_layers=8,
-    mmdit_layers=8,
-    time_embed_dim=512,
-    text_embed_dim=3584,
-    add_norm_text_encoder=True,
-)
-LATENT_SHAPE = (1, 16, 13, 32, 32)
-TEXT_LEN = 256
-NOMINAL_PEAK_GFLOPS = {"fp32": 150.0, "bf16": 350.0}
+from common import CONFIG_80M as CONFIG
+from common import LATENT_SHAPE, NOMINAL_PEAK_GFLOPS, TEXT_LEN
+
 VARIANTS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 
 

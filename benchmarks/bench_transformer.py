@@ -18,22 +18,8 @@ import statistics
 import time
 
 import torch
-
-CONFIG = dict(
-    num_attention_heads=8,
-    attention_head_dim=64,
-    in_channels=16,
-    out_channels=16,
-    patch_size=2,
-    num_layers=8,
-    mmdit_layers=8,
-    time_embed_dim=512,
-    text_embed_dim=3584,
-    add_norm_text_encoder=True,
-)
-LATENT_SHAPE = (1, 16, 13, 32, 32)
-TEXT_LEN = 256
-NOMINAL_PEAK_GFLOPS = {"fp32": 150.0, "bf16": 350.0}  # this CPU's matmul figures from the project brief
+from common import CONFIG_80M as CONFIG
+from common import LATENT_SHAPE, NOMINAL_PEAK_GFLOPS, TEXT_LEN
 
 
 def forward_flops(cfg: dict, latent_shape: tuple, text_len: int) -> float:
