@@ -8,7 +8,8 @@
 #   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded),
 #      trajectory control videos, metadata variants; the frozen small text encoder (bf16 weights)
 #   2. VAE: single frames, then (temporal taps moved into the newest tap: `recipe inflate-vae`)
-#      9-frame videos (configs/shapes/vae_*.toml)
+#      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and a decoder-only stage
+#      (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
 #   4. transformers: T2V base, then InP (T2V + I2V), Control (trajectory) and Camera branches
 #   5. export the family, benchmark it on held-out prompts (kinema eval), install into
@@ -35,8 +36,13 @@ train configs/shapes/vae_image.toml vae_image
 [ -f "$RUNS/vae_image_inflated/config.json" ] ||
     "$PY" -m kinema.shapes.recipe inflate-vae "$RUNS/vae_image/final/vae" "$RUNS/vae_image_inflated"
 train configs/shapes/vae_video.toml vae_video
+# Fixed log-variance + measured scaling factor: the latent space the transformers are trained on.
+[ -f "$RUNS/vae/config.json" ] ||
+    "$PY" -m kinema.shapes.recipe finalize-vae "$RUNS/vae_video/final/vae_ema" "$RUNS/vae" --data "$RUNS/data"
+# Decoder-only refinement (encoder frozen: the latent space above does not move).
+train configs/shapes/vae_decoder.toml vae_decoder
 echo "== VAE gate"
-"$PY" -m kinema.shapes.vae_check "$RUNS/vae_video/final/vae_ema" --clips 32 --min-psnr 28
+"$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
 train configs/shapes/t2v.toml t2v
 train configs/shapes/inp.toml inp

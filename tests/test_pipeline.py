@@ -278,6 +278,21 @@ def test_seed_determinism_and_negative_prompt_none_equals_empty(pipes):
     assert max_diff(a, c) > 0.1
 
 
+def test_model_index_can_name_the_default_frame_count(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(folders["t2v"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert load_pipeline(folder).default_num_frames == 49  # V5.1's
+    index["_kinema_defaults"] = {"num_frames": 5}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("x", seed=1, height=32, width=32, num_inference_steps=1, output_type="latent")
+    assert pipe.default_num_frames == 5 and out.frames.shape[2] == 2  # 5 frames -> 2 latent frames
+
+
 def test_callback_per_step_interrupt_and_image_output(pipes):
     pipe = pipes["t2v"]
     seen = []

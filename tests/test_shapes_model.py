@@ -81,3 +81,30 @@ def test_inflate_vae_is_exact_on_images_and_keeps_frames_apart(tmp_path):
         same = z.clone()
         same[:, :, 1:] = z[:, :, :1]
         assert (b.decode(z) - b.decode(same)).abs().mean() > 1e-3
+
+
+def test_export_family_layout_sizes_and_defaults(tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from kinema.pipelines import load_pipeline
+    from kinema.pipelines.random_model import build_random_model
+    from kinema.shapes.embedded import family_transformer
+    from kinema.shapes.recipe import export_family
+
+    runs = tmp_path / "runs"
+    for run, kind in (("inp", "inp"), ("control", "control"), ("camera", "camera")):
+        model = build_random_model(tmp_path / kind, kind, seed=1)
+        shutil.copytree(model / "transformer", runs / run / "final" / "transformer_ema")
+    shutil.copytree(tmp_path / "inp" / "vae", runs / "vae_decoder" / "final" / "vae_ema")
+    shutil.copytree(tmp_path / "inp" / "text_encoder", tmp_path / "text" / "text_encoder")
+    out = export_family(runs, tmp_path / "export", text_encoder=tmp_path / "text")
+    assert not (out / "tokenizer" / "tokenizer.json").exists()  # named, rebuilt from qwen.tiktoken
+    for name in ("transformer", "transformer_control", "transformer_camera"):
+        with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert family_transformer(out, "camera") == out / "transformer_camera"
+    pipe = load_pipeline(out)
+    assert pipe.default_num_frames == 17 and pipe.model_type == "inp"
+    assert pipe.transformer.proj.weight.dtype == torch.float32  # bf16 storage, fp32 compute on CPU

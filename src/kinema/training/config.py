@@ -151,6 +151,9 @@ class VAELossConfig:
     disc_channels: int = 32
     disc_layers: int = 3
     sample_posterior: bool = True
+    # false: decoder-only fine-tuning (encoder + quant_conv frozen), so the latent space - and any
+    # transformer already trained on it - stays valid while reconstructions improve.
+    train_encoder: bool = True
 
 
 @dataclass

@@ -194,6 +194,9 @@ class Trainer:
                 self.text_encoder = None
                 self.transformer = None
                 self.vae.train().requires_grad_(True)
+                if not c.vae_loss.train_encoder:
+                    self.vae.encoder.requires_grad_(False)
+                    self.vae.quant_conv.requires_grad_(False)
                 self.geometry = Geometry(vae.config.spatial_compression, vae.config.temporal_compression, 2)
                 return
             self.vae.eval().requires_grad_(False).to(device=device, dtype=frozen_dtype)
