@@ -27,8 +27,8 @@ from kinema.text import (  # noqa: E402
     PromptEncoder,
     build_qwen2vl_tokenizer,
     load_tokenizer,
-    write_tokenizer_reference,
     qwen_tiktoken_path,
+    write_tokenizer_reference,
 )
 from kinema.text import tokenizer as tokenizer_module  # noqa: E402
 from kinema.text.tokenizer import is_tokenizer_reference  # noqa: E402
