@@ -464,6 +464,30 @@ def test_small_encoder_trains(tokenizer):
     assert not encoder.encode(PROMPTS[0])[0].requires_grad  # inference mode: no graph
 
 
+def test_small_encoder_init_std_mixes_the_prompt_into_the_padding(tokenizer):
+    prompts = ["a red circle moves from left to right", "a blue circle moves from left to right"]
+
+    def padding_cosine(encoder):
+        embeds, _ = encoder.encode(prompts)
+        a, b = embeds[0, -1].float(), embeds[1, -1].float()  # the last padding position
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    kw = dict(
+        hidden_size=32,
+        num_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        seed=0,
+        tokenizer=tokenizer,
+    )
+    default = PromptEncoder.small(**kw)
+    mixing = PromptEncoder.small(init_std=0.18, **kw)
+    emb = mixing.text_model.get_input_embeddings().weight
+    assert abs(float(emb.std()) - 0.18) < 0.01
+    # One colour word apart: the padding barely differs at Qwen2's 0.02, clearly at 0.18.
+    assert padding_cosine(default) > 0.995 and padding_cosine(mixing) < 0.98
+
+
 def test_small_default_size(tokenizer):
     encoder = PromptEncoder.small(seed=0, tokenizer=tokenizer)
     assert encoder.hidden_size == 64

@@ -250,9 +250,16 @@ class PromptEncoder(nn.Module):
         max_length: int = DEFAULT_MAX_LENGTH,
         seed: int | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        init_std: float = 0.02,
     ) -> PromptEncoder:
         """A small random Qwen2-VL-architecture text encoder (default ~9.8M parameters, 9.7M of them the
-        151,936 x 64 embedding), trainable, with the real tokenizer."""
+        151,936 x 64 embedding), trainable, with the real tokenizer.
+
+        ``init_std`` is the weights' initial std (Qwen2's ``initializer_range``). Kept random and frozen, the
+        default 0.02 barely mixes context: each position's features are ~99.9% its own token, so a prompt's
+        meaning sits in a few token positions. About ``1 / sqrt(hidden_size)`` makes attention carry the
+        prompt into every later position, the padding included (the DiT attends to all 256).
+        """
         from transformers import Qwen2VLConfig
 
         if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
@@ -278,6 +285,7 @@ class PromptEncoder(nn.Module):
                 "rms_norm_eps": 1e-6,
                 "rope_scaling": {"type": "mrope", "mrope_section": _mrope_section(head_dim)},
                 "rope_theta": 1000000.0,
+                "initializer_range": init_std,
             },
             vision_config={**PLACEHOLDER_VISION_CONFIG, "hidden_size": hidden_size},
             # No separate LM head: stock loaders tie it to the embedding instead of adding 9.7M parameters.
