@@ -38,6 +38,10 @@ from .dataset import DEFAULT_FPS, load_metadata, write_dataset, write_video
 
 # init_std ~ 1/sqrt(32): a frozen random encoder at Qwen2's 0.02 barely mixes context (a colour word changes
 # the padding features by 0.06 %, and the T2V model ignored the prompt after 3000 steps); at 0.18 by ~7 %.
+# Prompts pad to 96 tokens, not EasyAnimate's 256 (stored in text_encoder/config.json, so every loader uses
+# it): ShapesWorld prompts take 27-102 tokens with the chat template (99.9 % <= 89), and 256 - len padding
+# tokens dilute the DiT's attention to the prompt (the text tokens are 3/4 of the sequence at 256).
+TEXT_MAX_LENGTH = 96
 TEXT_ENCODER = dict(hidden_size=32, num_layers=2, num_attention_heads=2, num_key_value_heads=1, init_std=0.18)
 
 
@@ -132,7 +136,7 @@ def build_text_encoder(out: str | Path, seed: int = 0) -> Path:
 
     from kinema.text import PromptEncoder
 
-    encoder = PromptEncoder.small(seed=seed, **TEXT_ENCODER)
+    encoder = PromptEncoder.small(seed=seed, max_length=TEXT_MAX_LENGTH, **TEXT_ENCODER)
     encoder.model.to(torch.bfloat16)
     encoder.save_pretrained(out)
     return Path(out)

@@ -303,10 +303,13 @@ class PromptEncoder(nn.Module):
         tokenizer: PreTrainedTokenizerBase | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         trainable: bool = False,
     ) -> PromptEncoder:
         """Load the text model (language-model weights only) and tokenizer from a local folder.
+
+        ``max_length`` None: the folder's own (``kinema_max_length`` in its config.json, written by
+        :meth:`save_pretrained` for encoders not at EasyAnimate's 256), else 256.
 
         ``path`` is either a pipeline folder with ``text_encoder/`` and ``tokenizer/`` (official
         EasyAnimateV5.1 diffusers layout, or one written by :meth:`save_pretrained`), or a plain Qwen2-VL
@@ -356,6 +359,8 @@ class PromptEncoder(nn.Module):
                     "tokenizer=kinema.text.build_qwen2vl_tokenizer()."
                 )
             tokenizer = load_tokenizer(tokenizer_dir)
+        if max_length is None:
+            max_length = int(getattr(config, "kinema_max_length", None) or DEFAULT_MAX_LENGTH)
         encoder = cls(model, tokenizer, config, max_length=max_length, source=str(root))
         encoder.requires_grad_(trainable)
         return encoder.train(trainable)
@@ -537,6 +542,10 @@ class PromptEncoder(nn.Module):
         config.dtype = self.dtype
         config.text_config.dtype = self.dtype
         config.architectures = ["Qwen2VLForConditionalGeneration"]
+        if self.max_length != DEFAULT_MAX_LENGTH:
+            config.kinema_max_length = self.max_length  # from_pretrained's default for this folder
+        elif hasattr(config, "kinema_max_length"):
+            del config.kinema_max_length
         for stale in (
             _SAFETENSORS_SINGLE,
             _SAFETENSORS_INDEX,
