@@ -108,3 +108,17 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     pipe = load_pipeline(out)
     assert pipe.default_num_frames == 17 and pipe.model_type == "inp"
     assert pipe.transformer.proj.weight.dtype == torch.float32  # bf16 storage, fp32 compute on CPU
+
+
+def test_object_region_weight_marks_the_cells_on_the_track():
+    from types import SimpleNamespace
+
+    from kinema.shapes.flow_weight import ObjectRegionWeight
+
+    track = [[4.0 + 3.5 * t, 36.0] for t in range(17)]  # left to right along y = 36 px
+    batch = {"plan": SimpleNamespace(height=64, width=64, frames=17), "extras": [{"tracks": [track]}, {}]}
+    w = ObjectRegionWeight(weight=8.0, radius_px=6.0)(batch, (2, 16, 5, 8, 8))
+    assert w.shape == (2, 1, 5, 8, 8) and torch.all(w[1] == 1)
+    hot = [torch.nonzero(w[0, 0, k] == 8.0).tolist() for k in range(5)]
+    assert all(hot) and all(r in (3, 4) for cells in hot for r, _ in cells)  # rows around y = 36
+    assert min(c for _, c in hot[0]) == 0 and max(c for _, c in hot[4]) == 7  # follows x over time

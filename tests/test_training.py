@@ -304,6 +304,37 @@ def test_inpaint_latents_match_the_inference_recipe():
     assert (noisy[0, :, 1:] == -1).all() and 0.02 < (noisy[0, :, 0] - mv[0, :, 0]).std() < 0.08
 
 
+def test_flow_loss_weight_hook_scales_the_elements(tmp_path, data_root, text_encoder, vae, monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("kinema_test_loss_weights")
+    seen = []
+
+    def first_frame_x3(batch, shape):
+        seen.append((len(batch["extras"]), shape))
+        w = torch.ones(shape[0], 1, *shape[2:])
+        w[:, :, 0] = 3.0
+        return w
+
+    module.first_frame_x3 = first_frame_x3
+    monkeypatch.setitem(sys.modules, "kinema_test_loss_weights", module)
+    losses = {}
+    for name, spec in (("plain", "none"), ("weighted", "kinema_test_loss_weights:first_frame_x3")):
+        trainer = make_trainer(
+            make_config(tmp_path / name, data_root, flow={"loss_weight": spec}), text_encoder, vae
+        )
+        trainer.setup()
+        batch = first_batch(trainer)
+        trainer.train_model = lambda x_t, t, text, **cond: torch.zeros_like(x_t)  # error = target^2
+        trainer.state.micro_step = 2
+        losses[name] = trainer.compute_loss(batch)[0]
+    assert seen and seen[0][0] == len(batch["requests"])
+    assert losses["weighted"] > losses["plain"] * 1.01
+    with pytest.raises(ValueError, match="flow.loss_weight"):
+        make_config(tmp_path / "bad", data_root, flow={"loss_weight": "no_colon"})
+
+
 def test_i2v_conditioning_end_to_end(tmp_path, data_root, text_encoder, vae):
     """I2V batch: inpaint latents = [resize(1-mask) x sf, VAE-mode(noised masked video) x sf]."""
     config = make_config(

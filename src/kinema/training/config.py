@@ -105,6 +105,9 @@ class FlowConfig:
     mode_scale: float = 1.29
     shift: float = 1.0  # sigma -> shift*sigma / (1 + (shift-1)*sigma); 1 = none
     text_dropout: float = 0.1  # prompt replaced by the empty prompt's embedding (for CFG)
+    # "package.module:callable": callable(batch, latent_shape) -> per-element loss weights broadcastable to
+    # (B, C, F, h, w), or None for plain MSE; e.g. ShapesWorld's object-region emphasis.
+    loss_weight: str = "none"
 
 
 @dataclass
@@ -519,6 +522,9 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check_choice(c.logging.tensorboard, ("auto", "on", "off"), source, "logging.tensorboard")
     _check(c.logging.every_steps >= 1, source, "logging.every_steps", "must be >= 1")
     v = c.vae_loss
+    if c.flow.loss_weight != "none":
+        _check(":" in c.flow.loss_weight, source, "flow.loss_weight",
+               f"is {c.flow.loss_weight!r}; use none or 'package.module:callable'")  # fmt: skip
     if v.perceptual not in ("none", "random_conv"):
         _check(":" in v.perceptual, source, "vae_loss.perceptual",
                f"is {v.perceptual!r}; use none, random_conv or 'package.module:callable'")  # fmt: skip

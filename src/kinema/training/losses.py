@@ -62,7 +62,11 @@ def latent_frame_mask(valid_frames: torch.Tensor, latent_frames: int, temporal: 
 
 
 def masked_mse(
-    pred: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor, weights: torch.Tensor
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    frame_mask: torch.Tensor,
+    weights: torch.Tensor,
+    element_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean squared error per sample over its valid latent frames, then ``weights``-scaled batch mean.
 
@@ -70,6 +74,8 @@ def masked_mse(
     failed sample (weight 0) counts as zero and data-parallel gradient averaging equals one big batch.
     """
     err = (pred.float() - target.float()).pow(2)  # (B, C, F, h, w)
+    if element_weight is not None:  # emphasis, not a mean: the denominator stays the element count
+        err = err * element_weight.to(err.device, err.dtype)
     mask = frame_mask.to(err.device)[:, None, :, None, None]
     per_element = err * mask
     denom = (mask.expand_as(err)).flatten(1).sum(1).clamp(min=1)

@@ -55,6 +55,7 @@ from .vae_losses import (
     VAETrainWrapper,
     build_perceptual,
     hinge_d_loss,
+    import_callable,
     reconstruction_losses,
 )
 
@@ -339,6 +340,9 @@ class Trainer:
         self._configure_sharding()
         if self.config.ema.enabled:
             self.ema = EMA(trained, c.ema.decay, c.ema.update_after_step)
+        self.loss_weight = None
+        if c.flow.loss_weight != "none" and self.mode.trains == "transformer":
+            self.loss_weight = import_callable(c.flow.loss_weight, "flow.loss_weight")
         if self.mode.trains == "vae":
             v = c.vae_loss
             wrapper = VAETrainWrapper(self.vae, v.sample_posterior)
@@ -613,7 +617,8 @@ class Trainer:
             x_t, target = noisy_latents(latents, noise, sigmas)
         pred = self.train_model(x_t, sigmas * 1000, text, **cond)
         frame_mask = latent_frame_mask(batch["valid_frames"], latents.shape[2], self.geometry.vae_temporal)
-        loss, _ = masked_mse(pred, target, frame_mask, batch["weights"])
+        element_weight = self.loss_weight(batch, tuple(latents.shape)) if self.loss_weight else None
+        loss, _ = masked_mse(pred, target, frame_mask, batch["weights"], element_weight)
         stats = {"text_dropped": float(drop.float().sum()), "sigma_mean": float(sigmas.mean()), **ctx.stats}
         return loss, stats
 

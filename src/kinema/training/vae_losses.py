@@ -97,11 +97,16 @@ def build_perceptual(spec: str) -> Callable[[torch.Tensor, torch.Tensor], torch.
         return None
     if spec == "random_conv":
         return RandomConvFeatures()
+    return import_callable(spec, "vae_loss.perceptual")
+
+
+def import_callable(spec: str, field: str) -> Callable:
+    """``"package.module:name"`` -> the object (a class is instantiated); ValueError naming ``field``."""
     module_name, _, attr = spec.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"vae_loss.perceptual: cannot import {spec!r}: {e}") from e
+        raise ValueError(f"{field}: cannot import {spec!r}: {e}") from e
     return obj() if isinstance(obj, type) else obj
 
 
