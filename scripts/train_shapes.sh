@@ -45,6 +45,7 @@ echo "== VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
 train configs/shapes/t2v.toml t2v
+train configs/shapes/t2v_objects.toml t2v_objects
 train configs/shapes/inp.toml inp
 train configs/shapes/control.toml control
 train configs/shapes/camera.toml camera
