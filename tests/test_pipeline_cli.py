@@ -150,3 +150,31 @@ def test_without_model_uses_embedded_or_random_fallback(monkeypatch, tmp_path, c
     assert generate_cli.RANDOM_MODEL_NOTE in capsys.readouterr().err
     assert json.loads(out.with_suffix(".json").read_text())["model"]["random"] is True
     assert (tmp_path / "cache" / "kinema" / "random-model-t2v-v1" / "model_index.json").is_file()
+
+
+@pytest.mark.skipif(generate_cli.embedded_model() is None, reason="the embedded model is not installed")
+def test_embedded_family_serves_every_mode_without_model(tmp_path, capsys):
+    """No --model: the embedded ShapesWorld family; I2V, trajectory and camera pick their transformer."""
+    from kinema.shapes import embedded_model_path
+
+    root = embedded_model_path().resolve()
+    t2v = tmp_path / "t2v.mp4"
+    assert generate("--prompt", "一个红色的圆从左向右移动", "--steps", "4", "--out", str(t2v)) == 0
+    assert generate_cli.RANDOM_MODEL_NOTE not in capsys.readouterr().err
+    frames = videoio.read_video(t2v)[0]
+    assert frames.shape == (17, 64, 64, 3)  # the model's own defaults: 17 frames of 64 x 64
+    first = tmp_path / "first.png"
+    videoio.write_image(first, frames[0])
+    track = tmp_path / "track.json"
+    track.write_text(json.dumps([[0, 8, 32], [16, 56, 32]]))  # key points (frame, x, y): left to right
+    cases = {
+        "i2v": (["--image", str(first)], None, "inp"),
+        "trajectory": (["--trajectory", str(track)], "transformer_control", "control"),
+        "camera": (["--camera", "pan_left"], "transformer_camera", "camera"),
+    }
+    for name, (args, transformer, kind) in cases.items():
+        out = tmp_path / f"{name}.mp4"
+        assert generate("--prompt", "a blue square", "--steps", "2", *args, "--out", str(out)) == 0, name
+        model = json.loads(out.with_suffix(".json").read_text())["model"]
+        assert model["path"] == str(root) and model["random"] is False and model["type"] == kind, name
+        assert model["transformer"] == (str(root / transformer) if transformer else None), name
