@@ -291,6 +291,10 @@ def test_model_index_can_name_the_default_frame_count(folders, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe("x", seed=1, height=32, width=32, num_inference_steps=1, output_type="latent")
     assert pipe.default_num_frames == 5 and out.frames.shape[2] == 2  # 5 frames -> 2 latent frames
+    index["_kinema_defaults"] = {"num_frames": 18}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="num_frames is 18; it must be 4k"):
+        load_pipeline(folder)
 
 
 def test_callback_per_step_interrupt_and_image_output(pipes):

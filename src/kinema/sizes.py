@@ -266,3 +266,15 @@ def closest_bucket(
     target = math.log(height / width)
     key = min(buckets, key=lambda k: abs(math.log(buckets[k][0] / buckets[k][1]) - target))
     return key, buckets[key]
+
+
+def model_default_frames(model_index: dict, source: str = "model_index.json") -> int:
+    """The frame count a model folder asks for (``"_kinema_defaults": {"num_frames": N}`` in its
+    model_index.json, a private key diffusers ignores), else V5.1's :data:`DEFAULT_FRAMES`."""
+    frames = (model_index.get("_kinema_defaults") or {}).get("num_frames", DEFAULT_FRAMES)
+    if not isinstance(frames, int) or frames < 1 or (frames - 1) % 4:
+        raise ValueError(
+            f"{source}: _kinema_defaults.num_frames is {frames!r}; it must be 4k+1 (1, 5, ..., 49). "
+            "Fix: correct it or remove the key."
+        )
+    return frames

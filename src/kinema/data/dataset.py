@@ -141,7 +141,7 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
         "plan": plan,
         "texts": [it["text"] if it["ok"] else "" for it in items],
         "file_paths": [it["file_path"] for it in items],
-        "extras": [it.get("extra", {}) for it in items],  # the metadata's other fields (e.g. object tracks)
+        "extras": [it["extra"] for it in items],  # the metadata's other fields (e.g. object tracks)
         "is_image": plan.frames == 1,
         "weights": torch.tensor([1.0 if it["ok"] else 0.0 for it in items]),
         "valid_frames": torch.tensor([it["valid_frames"] for it in items]),

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kinema.sizes import model_default_frames
+
 MODEL_TYPES = ("t2v", "inp", "control", "camera")
 MODEL_TYPE_NAMES = {
     "t2v": "text-to-video (T2V)",
@@ -105,6 +107,7 @@ def check_model_folder(
         model_index = json.loads(index_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"'{index_file}' is not valid JSON: {e}") from e
+    model_default_frames(model_index, str(index_file))  # checked before any weights are read
 
     folders: dict[str, Path | None] = {
         "transformer": Path(transformer) if transformer else root / "transformer",

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinema.sizes import DEFAULT_FRAMES, validate_size
+from kinema.sizes import model_default_frames, validate_size
 
 from .loading import MODEL_TYPE_NAMES, default_device, model_type_from_channels
 from .memory import (
@@ -296,10 +296,8 @@ class VideoPipeline:
         self.memory_mode = memory_mode
         self.model_path = model_path
         self.model_index = model_index or {}
-        # A model trained at another length names it in model_index.json (a private "_" key, which
-        # diffusers ignores), e.g. the embedded ShapesWorld model: {"_kinema_defaults": {"num_frames": 17}}.
-        defaults = self.model_index.get("_kinema_defaults") or {}
-        self.default_num_frames = int(defaults.get("num_frames", DEFAULT_FRAMES))
+        # A model trained at another length names it (e.g. the embedded ShapesWorld model: 17 frames).
+        self.default_num_frames = model_default_frames(self.model_index)
         self.lora: dict[str, Any] | None = None
         self.progress_bar_config: dict[str, Any] = {}
         self._interrupt = False

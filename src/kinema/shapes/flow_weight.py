@@ -29,8 +29,8 @@ class ObjectRegionWeight:
         out = torch.ones(b, 1, f, h, w)
         cell_y = (torch.arange(h, dtype=torch.float32) + 0.5) * plan.height / h  # cell centres, px
         cell_x = (torch.arange(w, dtype=torch.float32) + 0.5) * plan.width / w
-        for i, extra in enumerate(batch.get("extras") or [{}] * b):
-            tracks = extra.get("tracks") if isinstance(extra, dict) else None
+        for i, extra in enumerate(batch["extras"]):
+            tracks = extra.get("tracks")
             if not tracks:
                 continue
             sx = plan.width / float(extra.get("width") or plan.width)

