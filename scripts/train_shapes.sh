@@ -6,12 +6,14 @@
 # Steps (run folders under runs/shapes/, gitignored; every `kinema train` resumes from its latest
 # checkpoint and a finished step is skipped):
 #   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded),
-#      trajectory control videos, metadata variants; the frozen small text encoder (bf16 weights)
+#      trajectory control videos, moving-camera clips with preset-convention poses, metadata variants;
+#      the small text encoder, pre-trained on the training scenes' prompts, then frozen (bf16 weights)
 #   2. VAE: single frames, then (temporal taps moved into the newest tap: `recipe inflate-vae`)
 #      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and a decoder-only stage
 #      (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
-#   4. transformers: T2V base, then InP (T2V + I2V), Control (trajectory) and Camera branches
+#   4. transformers: T2V base (object cells weighted), then InP (T2V + I2V), Control (trajectory) and
+#      Camera branches
 #   5. export the family, benchmark it on held-out prompts (kinema eval), install into
 #      src/kinema/shapes/embedded/
 # See docs/shapesworld-model.md for the design, the budget and the measurements.
@@ -30,7 +32,8 @@ train() {  # train CONFIG RUN: skip a finished run, resume an interrupted one
 
 echo "== data"
 "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
-[ -f "$RUNS/text/text_encoder/config.json" ] || "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text"
+[ -f "$RUNS/text/text_encoder/config.json" ] ||
+    "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text" --data "$RUNS/data" --steps 1500
 
 train configs/shapes/vae_image.toml vae_image
 [ -f "$RUNS/vae_image_inflated/config.json" ] ||
@@ -45,7 +48,6 @@ echo "== VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
 train configs/shapes/t2v.toml t2v
-train configs/shapes/t2v_objects.toml t2v_objects
 train configs/shapes/inp.toml inp
 train configs/shapes/control.toml control
 train configs/shapes/camera.toml camera

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from kinema.shapes import random_clip
@@ -48,18 +50,46 @@ def test_vae_check_gate(tmp_path, capsys):
 
 
 def test_recipe_data_step(tmp_path):
+    from kinema.control.camera import DEFAULT_INTRINSICS, read_pose_file
     from kinema.data.metadata import load_metadata
     from kinema.shapes.recipe import prepare_data
 
-    root = prepare_data(tmp_path / "data", clips=4, seed=0, image_fraction=0.0)
+    root = prepare_data(tmp_path / "data", clips=4, seed=0, image_fraction=0.0, camera_clips=3)
     control = [json.loads(line) for line in (root / "metadata_control.jsonl").read_text().splitlines()]
     camera = [json.loads(line) for line in (root / "metadata_camera.jsonl").read_text().splitlines()]
-    assert len(control) == len(camera) == 4
+    assert len(control) == 4
     assert all((root / row["control_file_path"]).is_file() for row in control)
-    assert all((root / row["camera_file_path"]).is_file() for row in camera)
     assert not any(row["held_out"] for row in control)
     samples = load_metadata(root / "metadata_control.jsonl", root)
     assert all(s.control_path is not None and s.control_path.is_file() for s in samples)
+    # Camera data: the 3 extra clips all move; static cameras are at most ~15 % of the rows.
+    moving = [row for row in camera if row["camera"] != "static"]
+    assert len(moving) >= 3 and len(camera) - len(moving) <= max(1, round(0.15 * len(camera)))
+    for row in camera:
+        assert (root / row["file_path"]).is_file()
+        poses = read_pose_file(root / row["camera_file_path"])
+        assert (poses[0].fx, poses[0].fy, poses[0].cx, poses[0].cy) == pytest.approx(DEFAULT_INTRINSICS)
+    assert load_metadata(root / "metadata_camera.jsonl", root)
+
+
+@pytest.mark.parametrize("label", ["pan_left", "pan_up", "zoom_in", "zoom_out"])
+def test_preset_poses_follow_the_label_and_the_clip_speed(label):
+    from kinema.control.camera import camera_preset
+    from kinema.shapes.camera import NOMINAL_TRAVEL, preset_poses
+    from kinema.shapes.world import CameraInstance
+
+    key = "pan" if label.startswith("pan_") else label
+    unit = {"pan_left": (-1, 0, 0), "pan_up": (0, -1, 0), "zoom_in": (0, 0, 1), "zoom_out": (0, 0, -1)}[label]
+    for factor in (1.0, 1.2):
+        travel = NOMINAL_TRAVEL[key] * factor
+        centers = CameraInstance(label, end=tuple(travel * u for u in unit)).centers(17)
+        poses = preset_poses(label, centers)
+        expected = camera_preset(label, 17, speed=factor)
+        np.testing.assert_allclose(poses.w2c[-1], expected[-1].w2c, atol=1e-9)
+    # Same direction as ShapesWorld's own camera: centre displacement along the label's axis.
+    c2w_last = np.linalg.inv(np.vstack([poses.w2c[-1], [0, 0, 0, 1]]))
+    assert np.dot(c2w_last[:3, 3], unit) > 0
+    assert np.allclose(preset_poses("static", np.zeros((5, 3))).w2c[:, :, 3], 0)
 
 
 def test_inflate_vae_is_exact_on_images_and_keeps_frames_apart(tmp_path):
@@ -122,3 +152,38 @@ def test_object_region_weight_marks_the_cells_on_the_track():
     hot = [torch.nonzero(w[0, 0, k] == 8.0).tolist() for k in range(5)]
     assert all(hot) and all(r in (3, 4) for cells in hot for r, _ in cells)  # rows around y = 36
     assert min(c for _, c in hot[0]) == 0 and max(c for _, c in hot[4]) == 7  # follows x over time
+
+
+def test_text_labels_follow_what_the_prompt_says():
+    from kinema.shapes.spec import ObjectSpec, SceneSpec
+    from kinema.shapes.text_pretrain import attributes, labels
+
+    spec = SceneSpec(
+        (ObjectSpec("red", "circle", "left"), ObjectSpec("blue", "star", "static")), "checker", "pan_up"
+    )
+    names = [a.name for a in attributes()]
+    said = dict(zip(names, labels(spec, background=True, camera=False)))
+    classes = {a.name: a.classes for a in attributes()}
+    pick = {k: classes[k][v] for k, v in said.items()}
+    assert pick["object0.color"] == "red" and pick["object0.direction"] == "left"
+    assert (
+        pick["object0.path"] == "straight" and pick["object1.path"] == "<none>"
+    )  # a still object has no path
+    assert pick["object1.shape"] == "star" and pick["background"] == "checker" and pick["camera"] == "<none>"
+    assert set(labels(None, False, False)) == {0}  # the empty prompt says nothing
+
+
+def test_text_pretraining_makes_the_pooled_features_name_the_colour(tmp_path):
+    from kinema.shapes.spec import training_specs
+    from kinema.shapes.text_pretrain import pretrain
+    from kinema.text import PromptEncoder
+
+    torch.set_num_threads(1)
+    encoder = PromptEncoder.small(
+        hidden_size=16, num_layers=2, num_attention_heads=2, num_key_value_heads=1, max_length=48, seed=0,
+        init_std=0.18,
+    )  # fmt: skip
+    report = pretrain(encoder, training_specs(), steps=250, batch_size=32, lr=1e-2, log=lambda *a: None)
+    # Chance: 1/8 colours, 1/5 shapes; the held-out colour x shape x direction prompts were never seen.
+    assert report["held-out object0.color"] > 0.35 and report["held-out object0.shape"] > 0.4
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())

@@ -120,7 +120,7 @@ def _track_json(tracks: np.ndarray) -> dict[str, Any]:
 
 def _generate(pipe, case: Case, mode: str, options: BenchmarkOptions, workdir: Path, index: int):
     """Run one case through ``pipe``; returns (uint8 video (F, H, W, 3), Conditions, seconds)."""
-    from .camera import write_pose_file
+    from .camera import preset_poses, write_pose_file
 
     clip = case.clip
     nf, h, w = clip.frames.shape[:3]
@@ -141,8 +141,11 @@ def _generate(pipe, case: Case, mode: str, options: BenchmarkOptions, workdir: P
         kwargs["trajectory"] = _track_json(clip.tracks)
         cond = Conditions(tracks=clip.tracks)
     elif mode == "camera":
+        # The camera as a user states it (preset convention, kinema generate --camera), scored against the
+        # clip's true ShapesWorld poses.
         pose_file = workdir / f"camera-{index}.txt"
-        write_pose_file(pose_file, clip.poses)
+        centers = np.stack([-m[:, :3].T @ m[:, 3] for m in clip.poses.w2c])
+        write_pose_file(pose_file, preset_poses(clip.camera, centers))
         kwargs["camera"] = str(pose_file)
         cond = Conditions(poses=clip.poses)
     started = time.perf_counter()

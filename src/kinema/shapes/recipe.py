@@ -3,7 +3,8 @@
     python -m kinema.shapes.recipe data DIR [--clips N] [--seed S]     training set + control videos
     python -m kinema.shapes.recipe inflate-vae SRC DST                  image VAE -> video-stage init
     python -m kinema.shapes.recipe finalize-vae SRC DST --data DIR      deterministic posterior, scaling
-    python -m kinema.shapes.recipe text-encoder DIR                     the frozen small text encoder
+    python -m kinema.shapes.recipe camera-data DIR [--clips N]           moving-camera clips, preset poses
+    python -m kinema.shapes.recipe text-encoder DIR --data D [--steps N] the pre-trained small text encoder
     python -m kinema.shapes.recipe export RUNS OUT                      assemble the embedded model family
 
 ``data`` writes the ShapesWorld training split (held-out colour x shape x direction combinations are never
@@ -19,9 +20,10 @@ log-variance half of ``quant_conv`` is set to a constant -30 (std 3e-7), so the 
 would drown latents of std ~1), and ``scaling_factor`` becomes 1 / (latent std on training clips), so
 the diffusion latents have unit variance.
 
-``text-encoder`` builds the small random Qwen2-VL text encoder once, with weights rounded to bf16 and
-stored in bf16 (half the bytes; loading them into fp32 is exact, so training and inference see the same
-encoder), plus the real tokenizer. Every transformer run reads it (``model.text_encoder_path``).
+``text-encoder`` pre-trains the small Qwen2-VL text encoder on ShapesWorld prompts (``text_pretrain``: the
+stand-in for V5.1's pretrained LLM), stores it in bf16 with the real tokenizer; it is frozen from then on.
+Every transformer run reads it (``model.text_encoder_path``). ``camera-data`` writes the Camera model's
+metadata: moving cameras (85 %), each as a preset-convention pose file.
 """
 
 from __future__ import annotations
@@ -42,18 +44,30 @@ from .dataset import DEFAULT_FPS, load_metadata, write_dataset, write_video
 # it): ShapesWorld prompts take 27-102 tokens with the chat template (99.9 % <= 89), and 256 - len padding
 # tokens dilute the DiT's attention to the prompt (the text tokens are 3/4 of the sequence at 256).
 TEXT_MAX_LENGTH = 96
-TEXT_ENCODER = dict(hidden_size=32, num_layers=2, num_attention_heads=2, num_key_value_heads=1, init_std=0.18)
+TEXT_ENCODER = dict(hidden_size=32, num_layers=4, num_attention_heads=2, num_key_value_heads=1, init_std=0.18)
 
 
-def prepare_data(root: str | Path, clips: int, seed: int = 0, image_fraction: float = 0.1) -> Path:
+def prepare_data(
+    root: str | Path, clips: int, seed: int = 0, image_fraction: float = 0.1, camera_clips: int | None = None
+) -> Path:
     """Write the training set and its control videos / metadata variants; returns ``root``."""
-    from kinema.control.trajectory import Track, render_trajectory_video
-
     root = Path(root)
     write_dataset(root, clips, seed=seed, split="train", image_fraction=image_fraction)
-    (root / "control").mkdir(exist_ok=True)
     records = load_metadata(root)
-    control_rows, camera_rows = [], []
+    control_rows = _add_control_videos(root, records)
+    with (root / "metadata_control.jsonl").open("w", encoding="utf-8") as f:
+        for row in control_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    prepare_camera_data(root, clips // 2 if camera_clips is None else camera_clips, seed + 1)
+    return root
+
+
+def _add_control_videos(root: Path, records: list[dict], prefix: str = "") -> list[dict]:
+    """A trajectory control video per clip (white blobs on its object tracks); the rows that name them."""
+    from kinema.control.trajectory import Track, render_trajectory_video
+
+    (root / prefix / "control").mkdir(parents=True, exist_ok=True)
+    rows = []
     for rec in records:
         if rec["type"] != "video":
             continue
@@ -61,15 +75,45 @@ def prepare_data(root: str | Path, clips: int, seed: int = 0, image_fraction: fl
         nf = int(rec["num_frames"])
         points = [Track([(f, float(x), float(y)) for f, (x, y) in enumerate(t)]) for t in tracks]
         control = render_trajectory_video(points, nf, rec["height"], rec["width"], method="linear")
-        name = f"control/{Path(rec['file_path']).stem}.mp4"
+        name = f"{prefix}control/{Path(rec['file_path']).stem}.mp4"
         write_video(root / name, control, DEFAULT_FPS, crf=10)
-        control_rows.append({**rec, "control_file_path": name})
-        camera_rows.append({**rec, "camera_file_path": rec["pose_file"]})
-    for name, rows in (("metadata_control.jsonl", control_rows), ("metadata_camera.jsonl", camera_rows)):
-        with (root / name).open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return root
+        rows.append({**rec, "file_path": prefix + rec["file_path"], "control_file_path": name})
+    return rows
+
+
+# Share of static cameras in the camera model's data: enough to keep "no motion" in its vocabulary. With
+# ShapesWorld's own mix (~85 % static) the camera branch learned to ignore the poses (docs/shapesworld-model.md).
+CAMERA_STATIC_SHARE = 0.15
+
+
+def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
+    """``metadata_camera.jsonl``: moving-camera clips (the training set's and ``clips`` extra ones in
+    ``camera_extra/``) plus 15 % static ones, each with its camera as a preset-convention pose file
+    (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes)."""
+    from .camera import preset_poses, read_pose_file, write_pose_file
+
+    root = Path(root)
+    extra = root / "camera_extra"
+    if clips > 0 and not (extra / "metadata.jsonl").is_file():
+        write_dataset(extra, clips, seed=seed, split="train", camera_prob=1.0)
+    rows = [r for r in load_metadata(root) if r["type"] == "video"]
+    if clips > 0:
+        rows += [{**r, "file_path": "camera_extra/" + r["file_path"], "pose_file": "camera_extra/" + r["pose_file"]}
+                 for r in load_metadata(extra) if r["type"] == "video"]  # fmt: skip
+    moving = [r for r in rows if r["camera"] != "static"]
+    static = [r for r in rows if r["camera"] == "static"]
+    n_static = min(len(static), int(round(len(moving) * CAMERA_STATIC_SHARE / (1 - CAMERA_STATIC_SHARE))))
+    (root / "poses_preset").mkdir(exist_ok=True)
+    out = []
+    for rec in moving + static[:n_static]:
+        centers = np.stack([-m[:, :3].T @ m[:, 3] for m in read_pose_file(root / rec["pose_file"]).w2c])
+        name = "poses_preset/" + rec["file_path"].replace("/", "_").replace(".mp4", ".txt")
+        write_pose_file(root / name, preset_poses(rec["camera"], centers))
+        out.append({**rec, "camera_file_path": name})
+    with (root / "metadata_camera.jsonl").open("w", encoding="utf-8") as f:
+        for row in out:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return root / "metadata_camera.jsonl"
 
 
 FIXED_LOGVAR = -30.0
@@ -128,18 +172,6 @@ def finalize_vae(
     vae.config.scaling_factor = round(1.0 / std, 4)
     vae.save_pretrained(dst)
     return {"latent_std": std, "scaling_factor": round(1.0 / std, 4)}
-
-
-def build_text_encoder(out: str | Path, seed: int = 0) -> Path:
-    """The frozen small text encoder (bf16-exact weights, stored bf16) + tokenizer in ``out``."""
-    import torch
-
-    from kinema.text import PromptEncoder
-
-    encoder = PromptEncoder.small(seed=seed, max_length=TEXT_MAX_LENGTH, **TEXT_ENCODER)
-    encoder.model.to(torch.bfloat16)
-    encoder.save_pretrained(out)
-    return Path(out)
 
 
 def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -> Path:
@@ -208,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-fraction", type=float, default=0.1)
+    p = sub.add_parser("camera-data", help="(re)write metadata_camera.jsonl: moving cameras, preset poses")
+    p.add_argument("root")
+    p.add_argument("--clips", type=int, default=1500, help="extra moving-camera clips")
+    p.add_argument("--seed", type=int, default=1)
     p = sub.add_parser("inflate-vae", help="image VAE -> video init: temporal taps into the newest tap")
     p.add_argument("src")
     p.add_argument("dst")
@@ -215,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--data", required=True, help="training data root (latent statistics)")
-    p = sub.add_parser("text-encoder", help="build the frozen small text encoder + tokenizer")
+    p = sub.add_parser("text-encoder", help="pre-train the small text encoder on ShapesWorld prompts (bf16)")
     p.add_argument("out")
+    p.add_argument("--data", required=True, help="the training set (its scenes give the prompts)")
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("export", help="assemble the embedded model family from the run folders")
     p.add_argument("runs")
@@ -228,12 +266,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.root}: already written")
             return 0
         prepare_data(args.root, args.clips, args.seed, args.image_fraction)
+    elif args.command == "camera-data":
+        print(prepare_camera_data(args.root, args.clips, args.seed))
     elif args.command == "inflate-vae":
         print(f"{inflate_vae(args.src, args.dst)} causal convs inflated")
     elif args.command == "finalize-vae":
         print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
     elif args.command == "text-encoder":
-        build_text_encoder(args.out, args.seed)
+        from .text_pretrain import build_text_encoder
+
+        build_text_encoder(args.out, args.data, args.steps, args.seed)
     else:
         print(export_family(args.runs, args.out, args.text_encoder))
     return 0
