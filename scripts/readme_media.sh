@@ -26,4 +26,5 @@ JSON
 $K generate --trajectory "$out/arc.json" --prompt "A purple circle" --seed 5 --out "$out/trajectory.gif"
 $K generate --camera pan_left --prompt "A white star on a checkered background, the camera pans left" \
     --seed 6 --out "$out/camera.gif"
+rm -f "$out"/{t2v_zh,t2v_en,t2v_ja,i2v,trajectory,camera}.json  # sidecars name this machine's paths
 ls -la "$out"

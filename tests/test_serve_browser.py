@@ -23,9 +23,11 @@ pytest.importorskip("fastapi")
 pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
-from kinema.pipelines import build_random_model  # noqa: E402
 from kinema.serve.app import create_app  # noqa: E402
 from kinema.serve.jobs import ServeSettings  # noqa: E402
+from kinema.shapes import embedded_model_path, parse_prompt  # noqa: E402
+from kinema.shapes.evaluate import evaluate_clip  # noqa: E402
+from kinema.videoio import read_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,8 +68,9 @@ def server(tmp_path_factory):
     import uvicorn
 
     root = tmp_path_factory.mktemp("serve-ui")
-    model = build_random_model(root / "t2v", "t2v", seed=1)
-    app = create_app(ServeSettings(output_dir=root / "out", model=str(model), max_queue=8, ui=True))
+    assert embedded_model_path() is not None, "the embedded ShapesWorld model is not installed"
+    # model=None: the server's default, the embedded ShapesWorld family (InP + Control + Camera).
+    app = create_app(ServeSettings(output_dir=root / "out", model=None, max_queue=8, ui=True))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -105,41 +108,49 @@ def fill_number(page, elem_id: str, value: int) -> None:
     box.press("Tab")
 
 
-def test_ui_generates_a_video_with_progress(page, server):
+def test_ui_generates_a_video_with_progress(page, server, tmp_path):
     assert "/ui" in page.url
-    page.locator("#prompt textarea").fill("a red circle moving right")
-    fill_number(page, "steps", 50)
-    fill_number(page, "height", 32)
-    fill_number(page, "width", 32)
-    fill_number(page, "frames", 5)
+    prompt = "a red circle moves from left to right"
+    page.locator("#prompt textarea").fill(prompt)
+    fill_number(page, "steps", 25)
     page.locator("#generate").click()
 
-    # The per-step progress bar ("12/50 steps") shows while the job runs; then the video appears.
+    # The per-step progress bar ("12/25 steps") shows while the job runs; then the video appears.
     seen_progress = False
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while not page.query_selector("#result video[src]"):
-        assert time.monotonic() < deadline, "no result video within 60 s"
+        assert time.monotonic() < deadline, "no result video within 90 s"
         text = page.locator("#result").inner_text()
-        seen_progress = seen_progress or bool(re.search(r"\d+/50 steps", text))
+        seen_progress = seen_progress or bool(re.search(r"\d+/25 steps", text))
         time.sleep(0.05)
     assert seen_progress, "the per-step progress bar was never shown"
     src = page.locator("#result video").get_attribute("src")
     assert src and src.endswith("result.mp4")
     page.wait_for_function("document.querySelector('#result video').readyState >= 1")  # it decodes
     assert "succeeded" in page.locator("#status").inner_text()
-    assert "a red circle moving right" in page.locator("#parameters").inner_text()
+    assert prompt in page.locator("#parameters").inner_text()
 
-    # The job went through the API's queue and shows in the history.
+    # The job went through the API's queue, with the embedded model's defaults (17 frames of 64x64).
     jobs = httpx.get(server + "/v1/generations", timeout=10).json()["jobs"]
     ui_jobs = [j for j in jobs if j["source"] == "ui"]
-    assert ui_jobs and ui_jobs[0]["status"] == "succeeded" and ui_jobs[0]["parameters"]["steps"] == 50
+    assert ui_jobs and ui_jobs[0]["status"] == "succeeded" and ui_jobs[0]["parameters"]["steps"] == 25
+    video = httpx.get(server + src if src.startswith("/") else src, timeout=30)
+    assert video.status_code == 200
+    file = tmp_path / "result.mp4"
+    file.write_bytes(video.content)
+    frames = read_video(file)[0]
+    assert frames.shape == (17, 64, 64, 3)
+    # What the embedded model drew, seen by ShapesWorld's evaluator: one object, present in most frames (a
+    # random model's output has none). Its colour/shape/motion accuracy is the benchmark's job (kinema eval).
+    result = evaluate_clip(frames, parse_prompt(prompt, "en"))
+    assert result.objects[0].detected and result.objects[0].presence > 0.5, result.objects[0]
     page.get_by_role("button", name="Refresh history").click()
     page.wait_for_function(
         f"document.querySelector('#history').innerText.includes('{ui_jobs[0]['id']}')", timeout=10_000
     )
 
 
-def test_ui_trajectory_drawing_and_clear_errors(page):
+def test_ui_trajectory_drawing_generates_with_the_control_model(page, server):
     page.get_by_role("tab", name="Trajectory").click()
     canvas = page.locator("#trajectory-canvas img").first
     canvas.wait_for()
@@ -151,9 +162,16 @@ def test_ui_trajectory_drawing_and_clear_errors(page):
     page.wait_for_function(
         "(() => { const t = document.body.innerText; return /\\]\\],\\s*\\[\\[/.test(t); })()", timeout=10_000
     )
-    # The default model here is T2V: trajectory control is refused with the field named.
+    # The embedded family has a Control transformer: the drawn tracks become a trajectory video.
     page.locator("#generate").click()
-    page.get_by_text(re.compile("Invalid trajectory: .*needs a Control model")).first.wait_for(timeout=20_000)
+    page.wait_for_function(
+        "document.querySelector('#status') && document.querySelector('#status').innerText.includes('succeeded')",
+        timeout=90_000,
+    )
+    # The job record (the UI's parameter panel may be collapsed) names the Control transformer it ran on.
+    jobs = httpx.get(server + "/v1/generations", timeout=10).json()["jobs"]
+    job = next(j for j in jobs if j["source"] == "ui" and j["parameters"].get("trajectory"))
+    assert job["status"] == "succeeded" and job["model"]["transformer"].endswith("transformer_control"), job
 
 
 def test_ui_serves_no_files_outside(server):
