@@ -162,15 +162,17 @@ def test_ui_trajectory_drawing_generates_with_the_control_model(page, server):
     page.wait_for_function(
         "(() => { const t = document.body.innerText; return /\\]\\],\\s*\\[\\[/.test(t); })()", timeout=10_000
     )
-    # The embedded family has a Control transformer: the drawn tracks become a trajectory video.
+    # The embedded family has a Control transformer: the drawn tracks become a trajectory video. The job is
+    # followed through the API (the page's status line may still show an earlier job's result).
     page.locator("#generate").click()
-    page.wait_for_function(
-        "document.querySelector('#status') && document.querySelector('#status').innerText.includes('succeeded')",
-        timeout=90_000,
-    )
-    # The job record (the UI's parameter panel may be collapsed) names the Control transformer it ran on.
-    jobs = httpx.get(server + "/v1/generations", timeout=10).json()["jobs"]
-    job = next(j for j in jobs if j["source"] == "ui" and j["parameters"].get("trajectory"))
+    deadline = time.monotonic() + 90
+    while True:
+        jobs = httpx.get(server + "/v1/generations", timeout=10).json()["jobs"]
+        job = next((j for j in jobs if j["source"] == "ui" and j["parameters"].get("trajectory")), None)
+        if job is not None and job["status"] not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, f"the trajectory job did not finish within 90 s: {job}"
+        time.sleep(0.2)
     assert job["status"] == "succeeded" and job["model"]["transformer"].endswith("transformer_control"), job
 
 
