@@ -75,7 +75,7 @@ def test_recipe_data_step(tmp_path):
 @pytest.mark.parametrize("label", ["pan_left", "pan_up", "zoom_in", "zoom_out"])
 def test_preset_poses_follow_the_label_and_the_clip_speed(label):
     from kinema.control.camera import camera_preset
-    from kinema.shapes.camera import NOMINAL_TRAVEL, preset_poses
+    from kinema.shapes.camera import NOMINAL_TRAVEL, poses_from_centers, preset_poses
     from kinema.shapes.world import CameraInstance
 
     key = "pan" if label.startswith("pan_") else label
@@ -83,13 +83,13 @@ def test_preset_poses_follow_the_label_and_the_clip_speed(label):
     for factor in (1.0, 1.2):
         travel = NOMINAL_TRAVEL[key] * factor
         centers = CameraInstance(label, end=tuple(travel * u for u in unit)).centers(17)
-        poses = preset_poses(label, centers)
+        poses = preset_poses(label, poses_from_centers(centers, 64, 64))
         expected = camera_preset(label, 17, speed=factor)
         np.testing.assert_allclose(poses.w2c[-1], expected[-1].w2c, atol=1e-9)
     # Same direction as ShapesWorld's own camera: centre displacement along the label's axis.
     c2w_last = np.linalg.inv(np.vstack([poses.w2c[-1], [0, 0, 0, 1]]))
     assert np.dot(c2w_last[:3, 3], unit) > 0
-    assert np.allclose(preset_poses("static", np.zeros((5, 3))).w2c[:, :, 3], 0)
+    assert np.allclose(preset_poses("static", poses_from_centers(np.zeros((5, 3)), 64, 64)).w2c[:, :, 3], 0)
 
 
 def test_inflate_vae_is_exact_on_images_and_keeps_frames_apart(tmp_path):

@@ -144,8 +144,7 @@ def _generate(pipe, case: Case, mode: str, options: BenchmarkOptions, workdir: P
         # The camera as a user states it (preset convention, kinema generate --camera), scored against the
         # clip's true ShapesWorld poses.
         pose_file = workdir / f"camera-{index}.txt"
-        centers = np.stack([-m[:, :3].T @ m[:, 3] for m in clip.poses.w2c])
-        write_pose_file(pose_file, preset_poses(clip.camera, centers))
+        write_pose_file(pose_file, preset_poses(clip.camera, clip.poses))
         kwargs["camera"] = str(pose_file)
         cond = Conditions(poses=clip.poses)
     started = time.perf_counter()

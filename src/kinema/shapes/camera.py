@@ -168,21 +168,20 @@ def project_track(points_w: np.ndarray, poses: CameraPoses, height: int, width: 
 NOMINAL_TRAVEL = {"pan": 0.25, "zoom_in": 0.29, "zoom_out": 0.40}
 
 
-def preset_poses(label: str, centers: np.ndarray) -> CameraPoses:
-    """The clip's camera as ``kinema generate --camera LABEL`` describes it (``control.camera_preset``).
+def preset_poses(label: str, poses: CameraPoses) -> CameraPoses:
+    """A clip's camera ``poses`` as ``kinema generate --camera LABEL`` describes it (``control.camera_preset``).
 
     ShapesWorld poses are in its own units (a pan travels 0.20-0.30, focal = frame width), while the preset
     poses a user passes follow the reference CameraCtrl presets (1.5 units per pan at speed 1, the default
     intrinsics). A camera model is trained on these so that ``--camera pan_left`` is what it has seen; the
     speed is the clip's travel over the label's mean travel, so faster clips get faster presets.
     """
-    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
-    if label == "static":
-        speed = 0.0
-    else:
+    centers = -np.einsum("fji,fj->fi", poses.w2c[:, :, :3], poses.w2c[:, :, 3])  # C = -R^T t
+    speed = 0.0
+    if label != "static":
         nominal = NOMINAL_TRAVEL["pan" if label.startswith("pan_") else label]
         speed = float(np.linalg.norm(centers[-1] - centers[0])) / nominal
-    frames = control_camera.camera_preset(label if label != "static" else "static", len(centers), speed=speed)
+    frames = control_camera.camera_preset(label, len(centers), speed=speed)
     return CameraPoses(
         np.array([[p.fx, p.fy, p.cx, p.cy] for p in frames]), np.stack([p.w2c for p in frames])
     )

@@ -62,11 +62,11 @@ def prepare_data(
     return root
 
 
-def _add_control_videos(root: Path, records: list[dict], prefix: str = "") -> list[dict]:
+def _add_control_videos(root: Path, records: list[dict]) -> list[dict]:
     """A trajectory control video per clip (white blobs on its object tracks); the rows that name them."""
     from kinema.control.trajectory import Track, render_trajectory_video
 
-    (root / prefix / "control").mkdir(parents=True, exist_ok=True)
+    (root / "control").mkdir(exist_ok=True)
     rows = []
     for rec in records:
         if rec["type"] != "video":
@@ -75,9 +75,9 @@ def _add_control_videos(root: Path, records: list[dict], prefix: str = "") -> li
         nf = int(rec["num_frames"])
         points = [Track([(f, float(x), float(y)) for f, (x, y) in enumerate(t)]) for t in tracks]
         control = render_trajectory_video(points, nf, rec["height"], rec["width"], method="linear")
-        name = f"{prefix}control/{Path(rec['file_path']).stem}.mp4"
+        name = f"control/{Path(rec['file_path']).stem}.mp4"
         write_video(root / name, control, DEFAULT_FPS, crf=10)
-        rows.append({**rec, "file_path": prefix + rec["file_path"], "control_file_path": name})
+        rows.append({**rec, "control_file_path": name})
     return rows
 
 
@@ -106,9 +106,8 @@ def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
     (root / "poses_preset").mkdir(exist_ok=True)
     out = []
     for rec in moving + static[:n_static]:
-        centers = np.stack([-m[:, :3].T @ m[:, 3] for m in read_pose_file(root / rec["pose_file"]).w2c])
         name = "poses_preset/" + rec["file_path"].replace("/", "_").replace(".mp4", ".txt")
-        write_pose_file(root / name, preset_poses(rec["camera"], centers))
+        write_pose_file(root / name, preset_poses(rec["camera"], read_pose_file(root / rec["pose_file"])))
         out.append({**rec, "camera_file_path": name})
     with (root / "metadata_camera.jsonl").open("w", encoding="utf-8") as f:
         for row in out:
