@@ -187,3 +187,14 @@ def test_text_pretraining_makes_the_pooled_features_name_the_colour(tmp_path):
     # Chance: 1/8 colours, 1/5 shapes; the held-out colour x shape x direction prompts were never seen.
     assert report["held-out object0.color"] > 0.35 and report["held-out object0.shape"] > 0.4
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_recipe_text_encoder_refuses_bad_input_before_work(tmp_path, capsys):
+    from kinema.shapes.recipe import main
+
+    out = tmp_path / "text"
+    assert main(["text-encoder", str(out), "--data", str(tmp_path), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["text-encoder", str(out), "--data", str(tmp_path / "missing")]) == 2
+    assert "no metadata.jsonl" in capsys.readouterr().err
+    assert not out.exists()

@@ -109,9 +109,12 @@ def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
         name = "poses_preset/" + rec["file_path"].replace("/", "_").replace(".mp4", ".txt")
         write_pose_file(root / name, preset_poses(rec["camera"], read_pose_file(root / rec["pose_file"])))
         out.append({**rec, "camera_file_path": name})
-    with (root / "metadata_camera.jsonl").open("w", encoding="utf-8") as f:
+    # Temporary file + rename: `recipe data` takes an existing metadata_camera.jsonl as "all written".
+    tmp = root / "metadata_camera.jsonl.partial"
+    with tmp.open("w", encoding="utf-8") as f:
         for row in out:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(root / "metadata_camera.jsonl")
     return root / "metadata_camera.jsonl"
 
 
@@ -273,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
     elif args.command == "text-encoder":
         from .text_pretrain import build_text_encoder
+
+        if args.steps < 1:
+            print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
+            return 2
+        if not (Path(args.data) / "metadata.jsonl").is_file():
+            print(
+                f"error: --data {args.data}: no metadata.jsonl; write it first (recipe data)", file=sys.stderr
+            )
+            return 2
 
         build_text_encoder(args.out, args.data, args.steps, args.seed)
     else:

@@ -21,6 +21,7 @@ like V5.1's, rounded to bf16 and stored in the ordinary Qwen2-VL format.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,8 +167,7 @@ def pretrain(
     ids, mask, targets_t = torch.cat(ids), torch.cat(mask), torch.from_numpy(targets)
     heads = AttributeHeads(encoder.hidden_size)
     encoder.train().requires_grad_(True)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([*params, *heads.parameters()], lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([*encoder.parameters(), *heads.parameters()], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
@@ -211,6 +211,12 @@ def build_text_encoder(
     for name, acc in report.items():
         log(f"  {name:32s} {acc:.3f}")
     # Stored in bf16 like the transformers; frozen from here on, so training and inference see these weights.
+    # Written beside ``out`` and renamed: an interrupted run leaves no folder that looks finished.
     encoder.model.to(torch.bfloat16)
-    encoder.save_pretrained(out)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     return report
