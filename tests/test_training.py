@@ -687,6 +687,41 @@ def test_i2v_from_t2v_checkpoint_widens_input_and_samples_preview(tmp_path, data
         ).setup()
 
 
+def test_condition_input_lr_multiplier_scales_only_the_new_channels(tmp_path, data_root, text_encoder, vae):
+    """One i2v step with the multiplier m: the conditioning input channels of ``proj`` move m times as far as
+    without it (same seed, same batch); every other weight moves exactly as without it."""
+    torch.manual_seed(0)
+    t2v = VideoTransformer.from_config({**TINY_TRANSFORMER, "text_embed_dim": 64})
+    t2v.save_pretrained(tmp_path / "t2v")
+    start = None
+    moved = {}
+    for mult in (1.0, 4.0):
+        config = make_config(
+            tmp_path, data_root, mode="i2v", output_dir=str(tmp_path / f"run{mult}"),
+            model={"transformer_path": str(tmp_path / "t2v"), "expand_input_channels": True},
+            stages=[{"token_budget": 48, "resolutions": [64], "max_frames": 9, "batch_size": 1, "steps": 1}],
+            optimizer={"condition_input_lr_multiplier": mult, "weight_decay": 0.0},
+        )  # fmt: skip
+        trainer = make_trainer(config, text_encoder, vae).setup()
+        before = {k: v.detach().clone() for k, v in trainer.transformer.state_dict().items()}
+        start = before if start is None else start
+        assert all(torch.equal(start[k], v) for k, v in before.items())
+        trainer.train()
+        moved[mult] = {k: v.detach() - before[k] for k, v in trainer.transformer.state_dict().items()}
+    base, scaled = moved[1.0], moved[4.0]
+    new = base["proj.weight"][:, 16:]
+    assert new.abs().max() > 0
+    assert torch.allclose(scaled["proj.weight"][:, 16:], 4 * new, rtol=1e-4, atol=1e-7)
+    assert torch.equal(scaled["proj.weight"][:, :16], base["proj.weight"][:, :16])
+    assert all(torch.equal(scaled[k], v) for k, v in base.items() if k != "proj.weight")
+    with pytest.raises(ConfigError, match="condition_input_lr_multiplier"):
+        make_config(
+            tmp_path, data_root, optimizer={"condition_input_lr_multiplier": 4.0}
+        )  # t2v: no new channels
+    with pytest.raises(ConfigError, match="condition_input_lr_multiplier"):
+        make_config(tmp_path, data_root, mode="i2v", optimizer={"condition_input_lr_multiplier": 0.0})
+
+
 def test_vae_training_with_discriminator(tmp_path, data_root):
     config = make_config(
         tmp_path, data_root, mode="vae",

@@ -2,7 +2,7 @@
 
 A reward is any callable ``(frames (B, 3, F, H, W) in [-1, 1], prompts: list[str]) -> (B,)`` scores,
 differentiable with respect to the frames. Built in: ``brightness``; the ShapesWorld rewards
-``shapes_color``, ``shapes_motion``, ``shapes``; adapters for ``pickscore``, ``aesthetic``, ``hpsv2.1``
+``shapes_color``, ``shapes_motion``, ``shapes_shape``, ``shapes``; adapters for ``pickscore``, ``aesthetic``, ``hpsv2.1``
 and ``mps`` that load local weight folders only. ``build_reward(name, path, **options)`` builds one,
 ``build_rewards(terms)`` a weighted sum; ``"package.module:callable"`` plugs in any other.
 """
@@ -20,6 +20,7 @@ _LAZY = {
     "is_known_reward": ".names",
     "ShapesColorReward": ".shapes",
     "ShapesMotionReward": ".shapes",
+    "ShapesShapeReward": ".shapes",
     "ShapesReward": ".shapes",
     "CLIPScoreReward": ".adapters",
     "PickScoreReward": ".adapters",

@@ -94,7 +94,7 @@ def _shapes(kind: str):
         from . import shapes
 
         cls = {"shapes_color": shapes.ShapesColorReward, "shapes_motion": shapes.ShapesMotionReward,
-               "shapes": shapes.ShapesReward}[kind]  # fmt: skip
+               "shapes_shape": shapes.ShapesShapeReward, "shapes": shapes.ShapesReward}[kind]  # fmt: skip
         return cls(**options)
 
     return build
@@ -117,6 +117,7 @@ REWARDS: dict[str, Callable[..., Callable]] = {
     "brightness": lambda path, **options: BrightnessReward(**options),
     "shapes_color": _shapes("shapes_color"),
     "shapes_motion": _shapes("shapes_motion"),
+    "shapes_shape": _shapes("shapes_shape"),
     "shapes": _shapes("shapes"),
     "pickscore": _adapter("pickscore"),
     "aesthetic": _adapter("aesthetic"),

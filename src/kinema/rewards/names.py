@@ -6,6 +6,7 @@ BUILTIN = (
     "brightness",
     "shapes_color",
     "shapes_motion",
+    "shapes_shape",
     "shapes",
     "pickscore",
     "aesthetic",

@@ -193,6 +193,11 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.01
     eps: float = 1e-8
+    # Scales the optimizer's update of the transformer's conditioning input channels (``proj`` weights of the
+    # mask / masked-video / control / Plücker channels that a T2V model gains when it is widened). Adam moves
+    # every weight by about lr per step, so zero-initialised new channels grow too slowly to matter within a
+    # short fine-tune; the latent channels keep the normal rate. 1 = off. Not with DeepSpeed / FSDP.
+    condition_input_lr_multiplier: float = 1.0
 
 
 @dataclass
@@ -244,7 +249,7 @@ class SampleConfig:
 class RewardTermConfig:
     """One reward term: a registered name (kinema.rewards.REWARDS) or "package.module:callable"."""
 
-    # brightness | shapes_color | shapes_motion | shapes | pickscore | aesthetic | hpsv2.1 | mps | "module:callable"
+    # brightness | shapes_color | shapes_motion | shapes_shape | shapes | pickscore | aesthetic | hpsv2.1 | mps | "module:callable"
     name: str = "shapes"
     weight: float = 1.0
     path: str = ""  # local weight folder (pickscore, aesthetic, hpsv2.1, mps); nothing is ever downloaded
@@ -508,6 +513,13 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check(o.lr > 0, source, "optimizer.lr", f"must be > 0, got {o.lr}")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), source, "optimizer.betas",
            f"must be two numbers in [0, 1), got {o.betas}")  # fmt: skip
+    mult = o.condition_input_lr_multiplier
+    _check(mult > 0, source, "optimizer.condition_input_lr_multiplier", f"must be > 0, got {mult}")
+    if mult != 1:
+        _check(c.mode in ("i2v", "control", "camera") and not c.lora.enabled, source,
+               "optimizer.condition_input_lr_multiplier",
+               "applies to the conditioning input channels of a full-weight i2v / control / camera run; "
+               "set it to 1 here")  # fmt: skip
     _check_choice(c.scheduler.name, LR_SCHEDULES, source, "scheduler.name")
     _check(c.scheduler.warmup_steps >= 0, source, "scheduler.warmup_steps", "must be >= 0")
     if c.lora.enabled:
@@ -575,7 +587,7 @@ def validate_reward(r: RewardConfig, source: str) -> None:
     for i, term in enumerate(r.rewards):
         n = f"reward.rewards[{i}]"
         _check(is_known_reward(term.name), source, f"{n}.name",
-               f"is {term.name!r}; use a built-in reward (brightness, shapes_color, shapes_motion, shapes, "
+               f"is {term.name!r}; use a built-in reward (brightness, shapes_color, shapes_motion, shapes_shape, shapes, "
                "pickscore, aesthetic, hpsv2.1, mps) or 'package.module:callable'")  # fmt: skip
         if canonical_name(term.name) in NEEDS_PATH:
             _check(

@@ -358,6 +358,16 @@ class Trainer:
             self.train_model, self.optimizer = acc.prepare(self.transformer, optimizer)
             self.disc = self.disc_optimizer = None
         self.trained_params = params
+        self.condition_input = None
+        if o.condition_input_lr_multiplier != 1:
+            from accelerate.utils import DistributedType
+
+            if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+                raise ConfigError(
+                    "config: 'optimizer.condition_input_lr_multiplier' needs whole, unsharded weights (the "
+                    "optimizer's update is rescaled in place); set it to 1 with DeepSpeed / FSDP"
+                )
+            self.condition_input = self.transformer.proj.weight
 
     @property
     def sharded(self) -> bool:
@@ -762,7 +772,10 @@ class Trainer:
         grad_norm = float(norm) if norm is not None else float("nan")
         finite = math.isfinite(grad_norm) if norm is not None else math.isfinite(step_loss)
         if finite:
+            before = None if self.condition_input is None else self.condition_input.detach().clone()
             self.optimizer.step()
+            if before is not None:
+                self._scale_condition_update(before)
             if self.disc_optimizer is not None and self._disc_active():
                 acc.clip_grad_norm_(self.disc.parameters(), max_norm)
                 self.disc_optimizer.step()
@@ -787,6 +800,14 @@ class Trainer:
                 f"saved in {path}. Lower the learning rate or check the data."
             )
         return step_loss, grad_norm, finite
+
+    @torch.no_grad()
+    def _scale_condition_update(self, before: torch.Tensor) -> None:
+        """Multiply this step's update of the conditioning input channels (``proj`` input channels after the
+        16 latent ones) by ``optimizer.condition_input_lr_multiplier``."""
+        k = self.latent_channels
+        w = self.condition_input
+        w[:, k:] += (self.config.optimizer.condition_input_lr_multiplier - 1) * (w[:, k:] - before[:, k:])
 
     def _log(self, loss: float, grad_norm: float, stats: dict, steps_per_s: float, batch) -> None:
         s = self.state
