@@ -62,14 +62,36 @@ def test_recipe_data_step(tmp_path):
     assert not any(row["held_out"] for row in control)
     samples = load_metadata(root / "metadata_control.jsonl", root)
     assert all(s.control_path is not None and s.control_path.is_file() for s in samples)
-    # Camera data: the 3 extra clips all move; static cameras are at most ~15 % of the rows.
+    # Camera data: the moving rows are the 3 extra (bold-texture) clips; static cameras are at most ~15 %.
     moving = [row for row in camera if row["camera"] != "static"]
-    assert len(moving) >= 3 and len(camera) - len(moving) <= max(1, round(0.15 * len(camera)))
+    assert len(moving) == 3 and all(row["file_path"].startswith("camera_extra/") for row in moving)
+    assert len(camera) - len(moving) <= max(1, round(0.15 * len(camera)))
     for row in camera:
         assert (root / row["file_path"]).is_file()
         poses = read_pose_file(root / row["camera_file_path"])
         assert (poses[0].fx, poses[0].fy, poses[0].cx, poses[0].cy) == pytest.approx(DEFAULT_INTRINSICS)
     assert load_metadata(root / "metadata_camera.jsonl", root)
+
+
+def test_bold_textures_keep_the_scene_and_enlarge_the_texture():
+    """Same seed, same scene (objects, camera, background kind); the texture's period is 2.5x and its contrast
+    1.6x, still below the evaluator's foreground threshold, so segmentation and camera estimation hold."""
+    from kinema.shapes import evaluate_clip
+    from kinema.shapes.color import srgb_to_lab
+    from kinema.shapes.detect import FG_THRESHOLD
+    from kinema.shapes.world import render_scene, sample_scene
+
+    for seed in range(6):
+        plain = sample_scene(np.random.default_rng(seed), camera_prob=1.0)
+        bold = sample_scene(np.random.default_rng(seed), camera_prob=1.0, bold_textures=True)
+        assert bold.spec == plain.spec and bold.background.kind in ("checker", "noise")
+        assert bold.background.period == pytest.approx(2.5 * plain.background.period)
+        base, accent = (srgb_to_lab(np.array(c)[None])[0] for c in
+                        (bold.background.base_rgb, bold.background.accent_rgb))  # fmt: skip
+        assert 7 < np.linalg.norm(accent - base) < FG_THRESHOLD
+        clip = render_scene(bold)
+        result = evaluate_clip(clip.frames, clip.spec, {"poses": clip.poses})
+        assert result.camera_ok and all(o.color_ok for o in result.objects) and result.extra_objects == 0
 
 
 @pytest.mark.parametrize("label", ["pan_left", "pan_up", "zoom_in", "zoom_out"])

@@ -79,6 +79,7 @@ def write_dataset(
     camera_prob: float = 0.3,
     mention_background_prob: float = 0.3,
     mention_camera_prob: float = 0.7,
+    bold_textures: bool = False,
 ) -> Path:
     """Render ``n_clips`` samples into ``out_dir`` and return the path of ``metadata.jsonl``.
 
@@ -105,6 +106,7 @@ def write_dataset(
                 split,
                 two_object_prob=two_object_prob,
                 camera_prob=0.0 if is_image else camera_prob,
+                bold_textures=bold_textures,
             )
             clip = render_scene(scene)
             spec = clip.spec

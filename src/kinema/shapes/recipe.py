@@ -23,7 +23,7 @@ the diffusion latents have unit variance.
 ``text-encoder`` pre-trains the small Qwen2-VL text encoder on ShapesWorld prompts (``text_pretrain``: the
 stand-in for V5.1's pretrained LLM), stores it in bf16 with the real tokenizer; it is frozen from then on.
 Every transformer run reads it (``model.text_encoder_path``). ``camera-data`` writes the Camera model's
-metadata: moving cameras (85 %), each as a preset-convention pose file.
+metadata: moving cameras over bold textures (85 %), each as a preset-convention pose file.
 """
 
 from __future__ import annotations
@@ -87,21 +87,25 @@ CAMERA_STATIC_SHARE = 0.15
 
 
 def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
-    """``metadata_camera.jsonl``: moving-camera clips (the training set's and ``clips`` extra ones in
-    ``camera_extra/``) plus 15 % static ones, each with its camera as a preset-convention pose file
-    (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes)."""
+    """``metadata_camera.jsonl``: ``clips`` extra moving-camera clips with bold background textures (in
+    ``camera_extra/``; without extra clips, the training set's moving-camera clips) plus 15 % static ones
+    from the training set, each with its camera as a preset-convention pose file
+    (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes).
+
+    Bold textures (``world.BOLD_PERIOD_SCALE``): on the default faint, fine textures the Camera model drew
+    flat backgrounds, on which no camera motion can be seen (docs/shapesworld-model.md)."""
     from .camera import preset_poses, read_pose_file, write_pose_file
 
     root = Path(root)
     extra = root / "camera_extra"
     if clips > 0 and not (extra / "metadata.jsonl").is_file():
-        write_dataset(extra, clips, seed=seed, split="train", camera_prob=1.0)
+        write_dataset(extra, clips, seed=seed, split="train", camera_prob=1.0, bold_textures=True)
     rows = [r for r in load_metadata(root) if r["type"] == "video"]
-    if clips > 0:
-        rows += [{**r, "file_path": "camera_extra/" + r["file_path"], "pose_file": "camera_extra/" + r["pose_file"]}
-                 for r in load_metadata(extra) if r["type"] == "video"]  # fmt: skip
-    moving = [r for r in rows if r["camera"] != "static"]
     static = [r for r in rows if r["camera"] == "static"]
+    if clips > 0:
+        rows = [{**r, "file_path": "camera_extra/" + r["file_path"], "pose_file": "camera_extra/" + r["pose_file"]}
+                for r in load_metadata(extra) if r["type"] == "video"]  # fmt: skip
+    moving = [r for r in rows if r["camera"] != "static"]
     n_static = min(len(static), int(round(len(moving) * CAMERA_STATIC_SHARE / (1 - CAMERA_STATIC_SHARE))))
     (root / "poses_preset").mkdir(exist_ok=True)
     out = []
