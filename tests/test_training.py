@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -826,3 +827,20 @@ def test_fallback_preview_sampler(text_encoder, vae):
     model = VideoTransformer.from_config({**TINY_TRANSFORMER, "text_embed_dim": 64, "in_channels": 33})
     frames = sample_preview(model, vae, text_encoder, "a red square", height=32, width=48, frames=5, steps=2)
     assert frames.shape == (5, 32, 48, 3) and frames.dtype == np.uint8 and model.training
+
+
+def test_dotted_overrides_index_arrays_of_tables():
+    """``kinema train --set``: dotted keys reach into arrays of tables by index; bad paths name the rule."""
+    from kinema.training.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(
+        root / "configs" / "reward_shapes.toml",
+        {"reward.rewards.1.weight": 0.5, "stages.0.lr": 1e-4, "reward.guidance": 3.0},
+    )
+    assert [t.weight for t in config.reward.rewards] == [1.0, 0.5, 2.0]
+    assert config.stages[0].lr == 1e-4 and config.reward.guidance == 3.0
+    with pytest.raises(ConfigError, match=r"'reward.rewards' is a list of 3; use an index 0..2"):
+        load_config(root / "configs" / "reward_shapes.toml", {"reward.rewards.7.weight": 0.5})
+    with pytest.raises(ConfigError, match="'reward.guidance' is a value, not a table"):
+        load_config(root / "configs" / "reward_shapes.toml", {"reward.guidance.x": 1})

@@ -354,11 +354,25 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``a.b.c = v``; a number after an array of tables indexes it (``reward.rewards.1.weight``, ``stages.0.lr``)."""
     *parents, last = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
+    node: Any = data
+    path: list[str] = []
+    for key in [*parents, last]:
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(
+                    f"--set {dotted}: '{'.'.join(path)}' is a list of {len(node)}; "
+                    f"use an index 0..{len(node) - 1} after it"
+                )
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(path)}' is a value, not a table")
+        if len(path) == len(parents):
+            node[key] = value
+            return
+        node = node[key] if isinstance(node, list) else node.setdefault(key, {})
+        path.append(str(key))
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
