@@ -92,8 +92,8 @@ def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
     from the training set, each with its camera as a preset-convention pose file
     (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes).
 
-    Bold textures (``world.BOLD_PERIOD_SCALE``): on the default faint, fine textures the Camera model drew
-    flat backgrounds, on which no camera motion can be seen (docs/shapesworld-model.md)."""
+    Bold textures (``world.BOLD_PERIOD_SCALE``): the default faint, fine textures barely change the latents,
+    so camera motion is a small share of the flow loss (docs/shapesworld-model.md)."""
     from .camera import preset_poses, read_pose_file, write_pose_file
 
     root = Path(root)

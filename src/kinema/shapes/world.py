@@ -218,7 +218,7 @@ def render_scene(scene: Scene) -> Clip:
 # "Bold" textures (``sample_scene(bold_textures=True)``, the Camera model's extra clips): cells / stripes /
 # noise steps 2.5x larger and 1.6x the contrast (accent 8-13 L* from the base, still below the evaluator's
 # 20 delta-E foreground threshold). The default textures (periods 5-12 px, 5-8 L*) barely change the
-# latents of an 8x-downsampling VAE, so transformers draw flat backgrounds and camera motion is invisible.
+# latents of an 8x-downsampling VAE, so background motion is a small share of the flow loss.
 BOLD_PERIOD_SCALE = 2.5
 BOLD_CONTRAST_SCALE = 1.6
 
