@@ -285,3 +285,26 @@ def test_latent_cache_round_trip_and_invalidation(tmp_path, clips):
     index = next(i for i, s in enumerate(samples) if s.path == path)
     item = VideoDataset(samples, cache=cache)[SampleRequest(index, Plan(32, 32, 9), 0, 0, 0)]
     assert item["pixels"] is None and torch.equal(item["cached_latents"], moments)
+
+
+def test_camera_latents_use_the_configured_pose_size_as_the_pipeline_does(clips):
+    """Camera training reads ``control.pose_height/pose_width`` (default 720x1280, what the generation
+    pipeline assumes) for the intrinsics' aspect fix, so training and generation compute the same Plücker
+    latents from one pose file; without it the sample's own size is used (different for a 48x48 clip)."""
+    from kinema.control.camera import camera_latents, plucker_embedding, read_pose_file
+    from kinema.training.config import RunConfig
+    from kinema.training.modes import get_mode
+
+    samples, _ = probe_samples(load_metadata(clips / "metadata.jsonl"))
+    video = next(i for i, s in enumerate(samples) if not s.is_image and s.camera_path is not None)
+    options = get_mode("camera").load_options(RunConfig())
+    assert options.pose_size == (720, 1280)
+    plan = Plan(48, 48, 9, start=0, stride=1)
+    trained = VideoDataset(samples, options=options)[SampleRequest(video, plan, 0, 0, 0)]["camera"]
+    poses = read_pose_file(samples[video].camera_path)[:9]
+    as_generated = camera_latents(plucker_embedding(poses, 48, 48), 3, 6, 6)  # the pipeline's call
+    torch.testing.assert_close(trained, as_generated)
+    own_size = VideoDataset(samples, options=LoadOptions(camera=True))[SampleRequest(video, plan, 0, 0, 0)][
+        "camera"
+    ]
+    assert (own_size - as_generated).abs().max() > 1e-3

@@ -392,7 +392,11 @@ def test_control_and_camera_conditioning(tmp_path, data_root, text_encoder, vae)
             req = batch["requests"][0]
             sample = trainer.stage_data[0][1].samples[req.index]
             poses = read_pose_file(sample.camera_path)[req.plan.start : req.plan.start + req.plan.frames]
-            expected = camera_latents(plucker_embedding(poses, 64, 64, pose_size=(64, 64)), 3, 8, 8)
+            pose_size = (
+                trainer.config.control.pose_height,
+                trainer.config.control.pose_width,
+            )  # as generation
+            expected = camera_latents(plucker_embedding(poses, 64, 64, pose_size=pose_size), 3, 8, 8)
             assert torch.allclose(control[0, :6], expected, atol=1e-6)
             assert expected.abs().max() > 1  # the x6 scale of real Plücker values
         # Dropout 1.0 zeroes both parts.

@@ -28,6 +28,10 @@ class LoadOptions:
     camera: bool = False  # build camera latents from camera_file_path
     pixels_always: bool = False  # load pixels even when latents are cached (I2V, VAE training)
     latent_channels: int = 16
+    # (height, width) of the video the pose files describe, for the intrinsics' aspect fix; None = the
+    # sample's own size. Camera training passes control.pose_height/pose_width (default 720x1280, the size
+    # the generation pipeline assumes), so a model sees the same Plücker latents in training and use.
+    pose_size: tuple[int, int] | None = None
 
 
 def load_pixels(path, plan: Plan, is_image: bool) -> tuple[torch.Tensor, int]:
@@ -45,11 +49,13 @@ def load_pixels(path, plan: Plan, is_image: bool) -> tuple[torch.Tensor, int]:
     return video, min(valid, plan.frames)
 
 
-def camera_latents_for(sample: Sample, plan: Plan, geometry: Geometry) -> torch.Tensor:
+def camera_latents_for(
+    sample: Sample, plan: Plan, geometry: Geometry, pose_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Plücker camera latents (6, latent_frames, h, w), x6, for the plan's frames of the pose file.
 
-    The pose file has one line per source frame; the aspect fix uses the source video size, since the
-    poses describe that video (the trainer centre-crops it exactly as CameraCtrl assumes).
+    The pose file has one line per source frame; the aspect fix uses ``pose_size`` (default: the source
+    video's size), the size of the video the poses describe (the trainer centre-crops it as CameraCtrl assumes).
     """
     from kinema.control.camera import camera_latents, plucker_embedding, read_pose_file
 
@@ -60,7 +66,9 @@ def camera_latents_for(sample: Sample, plan: Plan, geometry: Geometry) -> torch.
             f"pose file '{sample.camera_path}' has {len(poses)} poses, the clip needs frame {wanted[-1]}"
         )
     selected = [poses[i] for i in wanted]
-    plucker = plucker_embedding(selected, plan.height, plan.width, pose_size=(sample.height, sample.width))
+    plucker = plucker_embedding(
+        selected, plan.height, plan.width, pose_size=pose_size or (sample.height, sample.width)
+    )
     s = geometry.vae_spatial
     return camera_latents(plucker, geometry.latent_frames(plan.frames), plan.height // s, plan.width // s)
 
@@ -126,7 +134,7 @@ class VideoDataset(Dataset):
             if self.options.camera:
                 if sample.camera_path is None:
                     raise ValueError(f"'{sample.file_path}' has no camera_file_path (needed in camera mode)")
-                item["camera"] = camera_latents_for(sample, plan, self.geometry)
+                item["camera"] = camera_latents_for(sample, plan, self.geometry, self.options.pose_size)
         except Exception as e:  # noqa: BLE001 - a bad file must never stop a run; it is counted instead
             item.update(ok=False, error=f"{type(e).__name__}: {e}", pixels=None, cached_latents=None)
             item.update(control_pixels=None, cached_control=None, camera=None, latent_key=None)

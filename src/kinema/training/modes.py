@@ -115,7 +115,7 @@ class CameraMode(ModeSpec):
     description = "camera control from CameraCtrl pose files (Plücker embedding at the latent grid)"
 
     def load_options(self, config: RunConfig) -> LoadOptions:
-        return LoadOptions(camera=True)
+        return LoadOptions(camera=True, pose_size=(config.control.pose_height, config.control.pose_width))
 
     def conditioning(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg = ctx.config.control
