@@ -23,8 +23,15 @@ from pathlib import Path
 ACCURACY_KEYS = ("detect_rate", "color_acc", "shape_acc", "direction_acc", "direction_acc_moving", "path_acc",
                  "camera_acc")  # fmt: skip
 OTHER_KEYS = ("traj_err_px", "jerk_px", "flicker", "extra_objects")
-REWARD_WEIGHTS = {"shapes_color": 1.0, "shapes_motion": 1.0, "shapes_shape": 2.0}  # as configs/reward_shapes.toml
-REWARD_TERMS = tuple(REWARD_WEIGHTS)
+REWARD_TERMS = ("shapes_color", "shapes_motion", "shapes_shape")  # always scored and reported
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "reward_shapes.toml"
+
+
+def reward_terms(config_file: str) -> list:
+    """The reward terms of a reward config (``[[reward.rewards]]``): their weighted sum is the reward."""
+    from kinema.training.config import load_config
+
+    return load_config(config_file).reward.rewards
 
 
 def default_model() -> str:
@@ -57,8 +64,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     pipe = load_pipeline(args.model or default_model(), lora=args.lora, torch_dtype=torch.float32,
                          memory_mode="none")  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
+    configured = reward_terms(args.config)
     terms = {name: build_reward(name) for name in REWARD_TERMS}
-    rewards = dict.fromkeys(REWARD_TERMS, 0.0)
+    terms.update({t.name: build_reward(t.name, t.path or None, **t.options) for t in configured})
+    rewards = dict.fromkeys(terms, 0.0)
     items = []
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
@@ -71,7 +80,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         video = ((frames[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         items.append((video, parse_prompt(prompt), None))
     rewards = {k: v / len(prompts) for k, v in rewards.items()}
-    rewards["reward"] = sum(REWARD_WEIGHTS[name] * rewards[name] for name in REWARD_TERMS)
+    rewards["reward"] = sum(t.weight * rewards[t.name] for t in configured)
     metrics = {k: v for k, v in evaluate_clips(items).items() if not isinstance(v, list | dict)}
     return {"model": args.model, "lora": args.lora, "split": args.split, "n_prompts": len(prompts),
             "seconds": time.perf_counter() - start, "rewards": rewards, "metrics": metrics}  # fmt: skip
@@ -127,6 +136,9 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="reward config whose weighted terms are summed"
+    )
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--min-gain", type=float, default=0.05, help="required rise of the summed reward")
     parser.add_argument("--max-drop", type=float, default=3.0, help="largest allowed accuracy drop (points)")

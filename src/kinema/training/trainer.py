@@ -772,7 +772,11 @@ class Trainer:
         grad_norm = float(norm) if norm is not None else float("nan")
         finite = math.isfinite(grad_norm) if norm is not None else math.isfinite(step_loss)
         if finite:
-            before = None if self.condition_input is None else self.condition_input.detach().clone()
+            before = (
+                None
+                if self.condition_input is None
+                else self.condition_input[:, self.latent_channels :].detach().clone()
+            )
             self.optimizer.step()
             if before is not None:
                 self._scale_condition_update(before)
@@ -804,10 +808,9 @@ class Trainer:
     @torch.no_grad()
     def _scale_condition_update(self, before: torch.Tensor) -> None:
         """Multiply this step's update of the conditioning input channels (``proj`` input channels after the
-        16 latent ones) by ``optimizer.condition_input_lr_multiplier``."""
-        k = self.latent_channels
-        w = self.condition_input
-        w[:, k:] += (self.config.optimizer.condition_input_lr_multiplier - 1) * (w[:, k:] - before[:, k:])
+        16 latent ones; ``before`` = their values before the step) by ``optimizer.condition_input_lr_multiplier``."""
+        new = self.condition_input[:, self.latent_channels :]
+        new += (self.config.optimizer.condition_input_lr_multiplier - 1) * (new - before)
 
     def _log(self, loss: float, grad_norm: float, stats: dict, steps_per_s: float, batch) -> None:
         s = self.state
