@@ -176,6 +176,7 @@ class ShapesShapeReward(_ShapesBase):
 
     def templates(self, weights: torch.Tensor, shapes: tuple[str, ...]) -> torch.Tensor:
         """(F, H, W) weights of one object -> (len(shapes), F, H, W) templates of equal area at its centroid."""
+        from kinema.shapes.detect import _gauss_blur  # the evaluator's template blur
         from kinema.shapes.geometry import shape_alpha, shape_area
 
         f, h, w = weights.shape
@@ -188,11 +189,9 @@ class ShapesShapeReward(_ShapesBase):
                 continue
             cx, cy = (m[t] * gx).sum() / area, (m[t] * gy).sum() / area
             for i, shape in enumerate(shapes):
-                out[i, t] = shape_alpha(shape, gx, gy, cx, cy, math.sqrt(area / shape_area(shape, 1.0)))
-        tpl = torch.from_numpy(out).to(weights)
-        if self.template_blur > 0:
-            tpl = _gaussian_blur(tpl.flatten(0, 1), self.template_blur).view_as(tpl)
-        return tpl
+                sharp = shape_alpha(shape, gx, gy, cx, cy, math.sqrt(area / shape_area(shape, 1.0)))
+                out[i, t] = _gauss_blur(sharp, self.template_blur) if self.template_blur > 0 else sharp
+        return torch.from_numpy(out).to(weights)
 
     def score_video(self, video: torch.Tensor, spec) -> torch.Tensor | None:
         from kinema.shapes.spec import SHAPES
@@ -209,17 +208,6 @@ class ShapesShapeReward(_ShapesBase):
                 margin = iou[0] - iou[1:].max(dim=0).values
                 scores.append(torch.tanh(margin[present] / self.margin_scale).mean())
         return torch.stack(scores).mean() if scores else None
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, H, W) with zero padding (mass leaving the frame is lost, as for the
-    evaluator's templates)."""
-    r = int(math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = torch.nn.functional.conv2d(images[:, None], k.view(1, 1, 1, -1), padding=(0, r))
-    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1), padding=(r, 0))[:, 0]
 
 
 class ShapesReward(nn.Module):
