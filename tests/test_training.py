@@ -358,6 +358,34 @@ def test_i2v_conditioning_end_to_end(tmp_path, data_root, text_encoder, vae):
     )
 
 
+def test_i2v_encodes_only_samples_that_keep_pixels(tmp_path, data_root, text_encoder, vae):
+    """T2V (`full`) samples get zero inpaint latents without a VAE pass; the others are encoded as before."""
+    config = make_config(
+        tmp_path, data_root, mode="i2v",
+        inpaint={"mask_probabilities": {"full": 0.5, "first_frame": 0.5}, "noise_aug_fixed": 0.0},
+    )  # fmt: skip
+    trainer = make_trainer(config, text_encoder, vae).setup()
+    batch = first_batch(trainer)
+    encoded, seen = [], {}
+    encode = trainer._encode_mode
+    trainer._encode_mode = lambda pixels: (encoded.append(pixels.shape[0]), encode(pixels))[1]
+    trainer.train_model = lambda x, t, text, **cond: (seen.update(cond), torch.zeros_like(x))[1]
+    for micro_step in range(8):  # until one batch mixes a T2V sample with an I2V one
+        trainer.state.micro_step = micro_step
+        encoded.clear()
+        _, stats = trainer.compute_loss(batch)
+        if stats.get("mask_full") == 1 and stats.get("mask_first_frame") == 1:
+            break
+    else:
+        pytest.fail("no micro-step drew one full and one first_frame mask")
+    lat = seen["inpaint_latents"]
+    t2v = lat[:, 0].flatten(1).abs().amax(1) == 0  # the mask channel is zero only for T2V samples
+    assert t2v.sum() == 1 and encoded == [1] and lat[t2v].abs().max() == 0
+    video = batch["pixels"][~t2v].clone()
+    video[:, :, 1:] = -1
+    assert torch.allclose(lat[~t2v, 1:], vae.encode(video).mean * 0.7125, atol=1e-5)
+
+
 def test_control_and_camera_conditioning(tmp_path, data_root, text_encoder, vae):
     from kinema.control.camera import camera_latents, plucker_embedding, read_pose_file
 

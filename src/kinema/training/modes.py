@@ -82,7 +82,12 @@ class I2VMode(ModeSpec):
             )
         noise = ctx.rand.randn("noise_aug", tuple(pixels.shape[1:]), device=pixels.device, dtype=pixels.dtype)
         video = add_reference_noise(video, sigmas.to(pixels.device), noise)
-        masked = ctx.encode_mode(video)
+        # Fully masked (T2V) samples get all-zero inpaint latents (inpaint_latents), so their masked video
+        # is never encoded: the VAE pass is most of an InP step, and `full` is a large share of the masks.
+        keeps = (mask < 0.5).flatten(1).any(dim=1)
+        masked = torch.zeros_like(ctx.latent_mean)
+        if keeps.any():
+            masked[keeps] = ctx.encode_mode(video[keeps]).to(masked.dtype)
         return {"inpaint_latents": inpaint_latents(mask, masked, ctx.scaling_factor).to(ctx.latents.dtype)}
 
 
