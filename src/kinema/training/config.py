@@ -216,6 +216,10 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # abort (after saving a checkpoint) after this many bad steps in a row
     train_text_encoder: bool = False  # not supported yet; kept explicit so configs fail loudly
     cpu_threads: int = 0  # torch.set_num_threads on CPU runs (0 = torch's default); tiny models: use 1
+    # torch.compile the transformer's forward (inductor): fuses the per-op overhead that dominates small
+    # models (1.25x per step for the ShapesWorld transformer on CPU, docs/benchmarks-training.md) at a
+    # one-off compile per batch shape (~70 s there).
+    compile: bool = False
 
 
 @dataclass
@@ -523,6 +527,10 @@ def validate_config(c: RunConfig, source: str = "config") -> None:
     _check(t.cpu_threads >= 0, source, "train.cpu_threads", "must be >= 0")
     _check(not t.train_text_encoder, source, "train.train_text_encoder",
            "is not supported: kinema trains with a frozen text encoder")  # fmt: skip
+    if t.compile:
+        _check(c.mode in ("t2v", "i2v", "control", "camera"), source, "train.compile",
+               f"compiles the flow-matching transformer forward (t2v / i2v / control / camera); mode "
+               f"'{c.mode}' does not use it: set it to false")  # fmt: skip
     o = c.optimizer
     _check(o.lr > 0, source, "optimizer.lr", f"must be > 0, got {o.lr}")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), source, "optimizer.betas",

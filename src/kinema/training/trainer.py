@@ -138,6 +138,7 @@ class Trainer:
         self.ema: EMA | None = None
         self.cache: LatentCache | None = None
         self.reward_task = None  # reward mode: prompts, sampler and reward (training/reward.py)
+        self.compiled_forward = None  # train.compile
         self.skipped_samples: list[tuple[str, str]] = []
         self._setup_done = False
 
@@ -357,6 +358,9 @@ class Trainer:
         else:
             self.train_model, self.optimizer = acc.prepare(self.transformer, optimizer)
             self.disc = self.disc_optimizer = None
+        # train.compile: the flow-matching forward through torch.compile (same module, same parameters).
+        if c.train.compile and self.mode.trains == "transformer" and self.reward_task is None:
+            self.compiled_forward = torch.compile(self.train_model)
         self.trained_params = params
         self.condition_input = None
         if o.condition_input_lr_multiplier != 1:
@@ -625,7 +629,8 @@ class Trainer:
             sigmas = sample_sigmas(rand, c.flow).to(device)
             noise = rand.randn("noise", tuple(latents.shape[1:]), device=device)
             x_t, target = noisy_latents(latents, noise, sigmas)
-        pred = self.train_model(x_t, sigmas * 1000, text, **cond)
+        forward = self.train_model if self.compiled_forward is None else self.compiled_forward
+        pred = forward(x_t, sigmas * 1000, text, **cond)
         frame_mask = latent_frame_mask(batch["valid_frames"], latents.shape[2], self.geometry.vae_temporal)
         element_weight = self.loss_weight(batch, tuple(latents.shape)) if self.loss_weight else None
         loss, _ = masked_mse(pred, target, frame_mask, batch["weights"], element_weight)
