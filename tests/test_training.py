@@ -799,7 +799,7 @@ def test_vae_decoder_only_training_keeps_the_latent_space(tmp_path, data_root):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
-def test_latent_cache_is_filled_then_used(tmp_path, data_root, text_encoder, vae):
+def test_latent_cache_is_filled_then_used(tmp_path, data_root, text_encoder, vae, monkeypatch):
     config = make_config(
         tmp_path,
         data_root,
@@ -811,7 +811,8 @@ def test_latent_cache_is_filled_then_used(tmp_path, data_root, text_encoder, vae
     again = make_trainer(make_config(tmp_path / "2", data_root, data=config.data.__dict__), text_encoder, vae)
     calls = []
     again.setup()
-    again.vae.encode = lambda *a, **k: calls.append(1)  # must not be needed any more
+    # must not be needed any more (monkeypatch: the VAE is shared by the module's tests)
+    monkeypatch.setattr(again.vae, "encode", lambda *a, **k: calls.append(1))
     result = again.train()
     assert not calls and again.cache.hits > 0 and all(math.isfinite(v) for v in result.losses)
 
