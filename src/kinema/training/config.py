@@ -216,9 +216,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # abort (after saving a checkpoint) after this many bad steps in a row
     train_text_encoder: bool = False  # not supported yet; kept explicit so configs fail loudly
     cpu_threads: int = 0  # torch.set_num_threads on CPU runs (0 = torch's default); tiny models: use 1
-    # torch.compile the transformer's forward (inductor): fuses the per-op overhead that dominates small
-    # models (1.25x per step for the ShapesWorld transformer on CPU, docs/benchmarks-training.md) at a
-    # one-off compile per batch shape (~70 s there).
+    # torch.compile the transformer's forward (inductor), compiled once per batch shape (~70 s for the
+    # ShapesWorld transformer on CPU). 1.25x on its bare step, no gain yet in a real CPU run
+    # (docs/benchmarks-training.md).
     compile: bool = False
 
 

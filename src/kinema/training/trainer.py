@@ -359,7 +359,7 @@ class Trainer:
             self.train_model, self.optimizer = acc.prepare(self.transformer, optimizer)
             self.disc = self.disc_optimizer = None
         # train.compile: the flow-matching forward through torch.compile (same module, same parameters).
-        if c.train.compile and self.mode.trains == "transformer" and self.reward_task is None:
+        if c.train.compile:  # validate_config allows it for the flow-matching modes only
             self.compiled_forward = torch.compile(self.train_model)
         self.trained_params = params
         self.condition_input = None
