@@ -297,6 +297,54 @@ def test_model_index_can_name_the_default_frame_count(folders, tmp_path):
         load_pipeline(folder)
 
 
+def test_keep_known_frames_pins_the_start_image_exactly(pipes):
+    pipe = pipes["inp"]
+    start = rand_frames(1, 21)[0]
+    kw = dict(height=H, width=W, num_frames=9, num_inference_steps=3, seed=4, output_type="latent")
+    plain = pipe("a dog", image=start, **kw).frames
+    kept = pipe("a dog", image=start, keep_known_frames=True, **kw).frames
+    # Latent frame 0 encodes video frame 0 alone (causal VAE): it must equal the start image's latent.
+    image = torch.from_numpy(start).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+    with torch.no_grad():
+        expected = pipe.vae.encode(image).mode() * pipe.vae.config.scaling_factor
+    assert max_diff(kept[:, :, :1], expected) < 1e-5
+    assert max_diff(plain[:, :, :1], expected) > 0.1  # the random model alone does not copy it
+    assert max_diff(kept[:, :, 1:], plain[:, :, 1:]) > 0  # later frames see the pinned head
+    # Nothing kept (T2V), or the default (off, as EasyAnimate): the option changes nothing.
+    t2v = dict(kw, num_frames=5)
+    np.testing.assert_array_equal(
+        pipe("a dog", keep_known_frames=True, **t2v).frames, pipe("a dog", **t2v).frames
+    )
+    np.testing.assert_array_equal(pipe("a dog", image=start, keep_known_frames=False, **kw).frames, plain)
+    # Decoded, the first frame is the VAE's reconstruction of the start image.
+    frames = pipe("a dog", image=start, keep_known_frames=True, **dict(kw, output_type="pt")).frames
+    with torch.no_grad():
+        recon = pipe.vae.decode(expected / pipe.vae.config.scaling_factor).clamp(-1, 1)
+    assert max_diff(frames[0, :, 0], recon[0, :, 0]) < 1e-4  # (B, 3, F, H, W) in [-1, 1]
+
+
+def test_keep_known_frames_default_comes_from_the_model_folder(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(folders["inp"], folder)
+    assert load_pipeline(folder).default_keep_known_frames is False
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_kinema_defaults"] = {"keep_known_frames": True}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    start = rand_frames(1, 22)[0]
+    kw = dict(height=H, width=W, num_frames=5, num_inference_steps=2, seed=1, output_type="latent")
+    by_default = pipe("x", image=start, **kw).frames
+    np.testing.assert_array_equal(by_default, pipe("x", image=start, keep_known_frames=True, **kw).frames)
+    assert max_diff(by_default, pipe("x", image=start, keep_known_frames=False, **kw).frames) > 0
+    index["_kinema_defaults"] = {"keep_known_frames": "yes"}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="keep_known_frames is 'yes'; it must be true or false"):
+        load_pipeline(folder)
+
+
 def test_callback_per_step_interrupt_and_image_output(pipes):
     pipe = pipes["t2v"]
     seen = []

@@ -55,6 +55,11 @@ class GenerationConfig:
         None, "long video: generate in I2V chunks of this many frames (4k+1; InP models), chained"
     )
     overlap_frames: int = _f(4, "long video: frames shared by consecutive chunks, cross-faded")
+    keep_known_frames: bool | None = _f(
+        None,
+        "InP models: replace the latents of the start image (and of kept chunk heads) after every step, "
+        "so the video starts exactly with it (default: the model's; off for EasyAnimate weights)",
+    )
     memory_mode: str = _f("auto", "memory mode (auto picks from a memory estimate)", choices=MEMORY_MODES)
     vae_tiling: bool | None = _f(None, "decode/encode in 256 px tiles (default: when memory needs it)")
     free_text_encoder: bool = _f(False, "free the text encoder after encoding the prompt (saves RAM)")

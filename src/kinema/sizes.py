@@ -278,3 +278,14 @@ def model_default_frames(model_index: dict, source: str = "model_index.json") ->
             "Fix: correct it or remove the key."
         )
     return frames
+
+
+def model_default_flag(model_index: dict, name: str, source: str = "model_index.json") -> bool:
+    """A boolean generation default a model folder sets (``"_kinema_defaults": {name: true}``), else off."""
+    value = (model_index.get("_kinema_defaults") or {}).get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{source}: _kinema_defaults.{name} is {value!r}; it must be true or false. "
+            "Fix: correct it or remove the key."
+        )
+    return value

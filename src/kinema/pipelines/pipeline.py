@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinema.sizes import model_default_frames, validate_size
+from kinema.sizes import model_default_flag, model_default_frames, validate_size
 
 from .loading import MODEL_TYPE_NAMES, default_device, model_type_from_channels
 from .memory import (
@@ -298,6 +298,7 @@ class VideoPipeline:
         self.model_index = model_index or {}
         # A model trained at another length names it (e.g. the embedded ShapesWorld model: 17 frames).
         self.default_num_frames = model_default_frames(self.model_index)
+        self.default_keep_known_frames = model_default_flag(self.model_index, "keep_known_frames")
         self.lora: dict[str, Any] | None = None
         self.progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
@@ -551,6 +552,7 @@ class VideoPipeline:
         camera: Any = None,
         chunk_frames: int | None = None,
         overlap_frames: int = 4,
+        keep_known_frames: bool | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -565,6 +567,11 @@ class VideoPipeline:
         ``callback(step, timestep, latents)`` runs after every step; returning ``False`` (or calling
         ``interrupt()``) stops after that step: the result so far is decoded and ``interrupted`` is set
         (or ``GenerationInterrupted`` raised with ``raise_on_interrupt``).
+
+        ``keep_known_frames`` (InP models): after every step, the latent frames that encode only kept
+        frames (I2V's start image; the kept head of a long-video chunk) are replaced by those frames'
+        latents, noised to the step's level, so the output starts exactly with them. ``None`` = the
+        model folder's default (``_kinema_defaults.keep_known_frames``), else off, as EasyAnimate.
         """
         started = time.perf_counter()
         self._interrupt = False
@@ -661,6 +668,9 @@ class VideoPipeline:
             sampler=sampler,
             strength=strength,
             noise_aug_strength=noise_aug_strength,
+            keep_known_frames=self.default_keep_known_frames
+            if keep_known_frames is None
+            else keep_known_frames,
             callback=callback,
         )
         long_video = chunk_frames is not None and chunk_frames < cond.frames
@@ -716,6 +726,7 @@ class VideoPipeline:
             camera=config.camera,
             chunk_frames=config.chunk_frames,
             overlap_frames=config.overlap_frames,
+            keep_known_frames=config.keep_known_frames,
             free_text_encoder=config.free_text_encoder,
             vae_tiling=config.vae_tiling,
         )
@@ -816,6 +827,23 @@ class VideoPipeline:
             return None, control_latents.expand(batch, -1, -1, -1, -1)
         return None, None
 
+    def _known_head_latents(self, cond: _Conditioning) -> tuple[torch.Tensor, int] | None:
+        """Latents of the leading latent frames that encode kept frames only, and their count.
+
+        The VAE is causal: latent frame 0 encodes video frame 0, latent frame j frames 4j-3 .. 4j, each
+        depending on nothing later. So when video frames 0 .. 4(n-1) are kept whole, the first n latent
+        frames of the kept video's encoding are exactly what the output's must be."""
+        if cond.video is None or cond.keep_mask is None:
+            return None
+        whole = (cond.keep_mask < 0.5).flatten(3).all(dim=3)[0, 0]  # (F,): frame kept entirely
+        head = int(whole.long().cumprod(0).sum())  # kept frames before the first generated one
+        if head == 0:
+            return None
+        n = (head - 1) // self.vae_temporal_factor + 1
+        frames = (n - 1) * self.vae_temporal_factor + 1
+        encoded = self._encode_video(cond.video[:, :, :frames].to(self.device)).mode().float()
+        return encoded * self.vae.config.scaling_factor, n
+
     def _denoise(
         self,
         cond: _Conditioning,
@@ -830,6 +858,7 @@ class VideoPipeline:
         strength,
         noise_aug_strength,
         callback,
+        keep_known_frames=False,
         latents=None,
     ) -> tuple[torch.Tensor, int, int]:
         """Sample latents; returns (latents, steps done, steps planned)."""
@@ -865,6 +894,12 @@ class VideoPipeline:
             blend_mask = F.interpolate(
                 cond.keep_mask.to(self.device), size=latent_shape[1:], mode="trilinear", align_corners=True
             )
+        known_head = None  # (latents of the kept head, its latent frame count) for keep_known_frames
+        if keep_known_frames and self.model_type == "inp":
+            known_head = self._known_head_latents(cond)
+            if known_head is not None:
+                head, n = known_head
+                latents[:, :, :n] = self._add_noise(scheduler, head, timesteps[0], noise[:, :, :n])
         if do_cfg:
             inpaint_latents = None if inpaint_latents is None else torch.cat([inpaint_latents] * 2)
             control_latents = None if control_latents is None else torch.cat([control_latents] * 2)
@@ -909,6 +944,11 @@ class VideoPipeline:
                         if i < len(timesteps) - 1:
                             known = self._add_noise(scheduler, video_latents, timesteps[i + 1], noise)
                         latents = (1 - blend_mask) * known + blend_mask * latents
+                    if known_head is not None:
+                        head, n = known_head
+                        if i < len(timesteps) - 1:
+                            head = self._add_noise(scheduler, head, timesteps[i + 1], noise[:, :, :n])
+                        latents[:, :, :n] = head
                     if not torch.isfinite(latents).all():
                         raise ValueError(
                             f"sampling diverged: NaN/inf latents after step {i + 1} (try float32, another "
