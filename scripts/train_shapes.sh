@@ -12,8 +12,8 @@
 #      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and a decoder-only stage
 #      (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
-#   4. transformers: two T2V bases (object cells weighted): patch size 2, which the Control (trajectory)
-#      branch starts from, and patch size 1, which the InP root (T2V + I2V) and Camera start from
+#   4. transformers: a T2V base at patch size 1 (object cells weighted), then the branches from it:
+#      the InP root (T2V + I2V), Control (trajectory) and Camera
 #   5. export the family, benchmark it on held-out prompts (kinema eval), install into
 #      src/kinema/shapes/embedded/
 # See docs/shapesworld-model.md for the design, the budget and the measurements.
@@ -47,8 +47,7 @@ train configs/shapes/vae_decoder.toml vae_decoder
 echo "== VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
-train configs/shapes/t2v.toml t2v          # patch-2 base: Control branches from it
-train configs/shapes/t2v_p1.toml t2v_p1    # patch-1 base: the InP root and Camera branch from it
+train configs/shapes/t2v_p1.toml t2v_p1    # the T2V base every member branches from
 train configs/shapes/inp.toml inp
 train configs/shapes/control.toml control
 train configs/shapes/camera.toml camera
