@@ -24,18 +24,29 @@ RUNS=runs/shapes            # the configs name these folders
 CLIPS=${CLIPS:-3000}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
+START=$SECONDS
+stamp() { printf '== [%3d min] %s\n' $(((SECONDS - START) / 60)) "$*"; }
+
 train() {  # train CONFIG RUN: skip a finished run, resume an interrupted one
-    if [ -d "$RUNS/$2/final" ]; then echo "== $2: done"; return; fi
-    echo "== $2: kinema train $1"
+    if [ -d "$RUNS/$2/final" ]; then stamp "$2: done"; return; fi
+    stamp "$2: kinema train $1"
     "$PY" -m kinema train "$1" --no-progress
 }
 
-echo "== data"
-"$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
-[ -f "$RUNS/text/text_encoder/config.json" ] ||
-    "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text" --data "$RUNS/data" --steps 1500
-
+stamp "data"
+# metadata_camera.jsonl is written last (temporary file + rename): its presence means the set is complete.
+[ -f "$RUNS/data/metadata_camera.jsonl" ] ||
+    "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
+# The text encoder (~3 min) trains beside the image VAE stage: each takes one core.
+TEXT_PID=
+if [ ! -f "$RUNS/text/text_encoder/config.json" ]; then
+    stamp "text encoder (background)"
+    OMP_NUM_THREADS=1 "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text" --data "$RUNS/data" \
+        --steps 1500 > "$RUNS/text.log" 2>&1 &
+    TEXT_PID=$!
+fi
 train configs/shapes/vae_image.toml vae_image
+if [ -n "$TEXT_PID" ]; then wait "$TEXT_PID" || { cat "$RUNS/text.log"; exit 1; }; fi
 [ -f "$RUNS/vae_image_inflated/config.json" ] ||
     "$PY" -m kinema.shapes.recipe inflate-vae "$RUNS/vae_image/final/vae" "$RUNS/vae_image_inflated"
 train configs/shapes/vae_video.toml vae_video
@@ -44,7 +55,7 @@ train configs/shapes/vae_video.toml vae_video
     "$PY" -m kinema.shapes.recipe finalize-vae "$RUNS/vae_video/final/vae_ema" "$RUNS/vae" --data "$RUNS/data"
 # Decoder-only refinement (encoder frozen: the latent space above does not move).
 train configs/shapes/vae_decoder.toml vae_decoder
-echo "== VAE gate"
+stamp "VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
 train configs/shapes/t2v_p1.toml t2v_p1    # the T2V base every member branches from
@@ -52,9 +63,10 @@ train configs/shapes/inp.toml inp
 train configs/shapes/control.toml control
 train configs/shapes/camera.toml camera
 
-echo "== export + benchmark"
+stamp "export + benchmark"
 "$PY" -m kinema.shapes.recipe export "$RUNS" "$RUNS/export" --text-encoder "$RUNS/text"
 "$PY" -m kinema eval --model "$RUNS/export" --prompts 32 --json "$RUNS/eval.json"
 rm -rf src/kinema/shapes/embedded
 cp -r "$RUNS/export" src/kinema/shapes/embedded
 du -sh src/kinema/shapes/embedded
+stamp "done"
