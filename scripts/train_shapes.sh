@@ -37,7 +37,7 @@ stamp "data"
 # metadata_camera.jsonl is written last (temporary file + rename): its presence means the set is complete.
 [ -f "$RUNS/data/metadata_camera.jsonl" ] ||
     "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
-# The text encoder (~3 min) trains beside the image VAE stage: each takes one core.
+# The text encoder (~5 min, measured) trains beside the image VAE stage (~8.5 min): each takes one core.
 TEXT_PID=
 if [ ! -f "$RUNS/text/text_encoder/config.json" ]; then
     stamp "text encoder (background)"
