@@ -39,6 +39,8 @@ stamp "data"
     "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
 # The text encoder (~5 min, measured) trains beside the image VAE stage (~8.5 min): each takes one core.
 TEXT_PID=
+# A failing stage must not leave it running (a rerun would start a second one on the same folder).
+trap '[ -z "$TEXT_PID" ] || kill "$TEXT_PID" 2>/dev/null || true' EXIT
 if [ ! -f "$RUNS/text/text_encoder/config.json" ]; then
     stamp "text encoder (background)"
     OMP_NUM_THREADS=1 "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text" --data "$RUNS/data" \
@@ -46,7 +48,10 @@ if [ ! -f "$RUNS/text/text_encoder/config.json" ]; then
     TEXT_PID=$!
 fi
 train configs/shapes/vae_image.toml vae_image
-if [ -n "$TEXT_PID" ]; then wait "$TEXT_PID" || { cat "$RUNS/text.log"; exit 1; }; fi
+if [ -n "$TEXT_PID" ]; then
+    wait "$TEXT_PID" || { TEXT_PID=; cat "$RUNS/text.log"; exit 1; }
+    TEXT_PID=
+fi
 [ -f "$RUNS/vae_image_inflated/config.json" ] ||
     "$PY" -m kinema.shapes.recipe inflate-vae "$RUNS/vae_image/final/vae" "$RUNS/vae_image_inflated"
 train configs/shapes/vae_video.toml vae_video
