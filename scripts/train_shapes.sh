@@ -5,8 +5,9 @@
 #
 # Steps (run folders under runs/shapes/, gitignored; every `kinema train` resumes from its latest
 # checkpoint and a finished step is skipped):
-#   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded),
-#      trajectory control videos, moving-camera clips with preset-convention poses, metadata variants;
+#   1. ShapesWorld training set (held-out colour x shape x direction combinations excluded), as many
+#      single-object static-camera clips for the T2V base (metadata_t2v.jsonl), trajectory control
+#      videos, moving-camera clips with preset-convention poses, metadata variants;
 #      the small text encoder, pre-trained on the training scenes' prompts, then frozen (bf16 weights)
 #   2. VAE: single frames, then (temporal taps moved into the newest tap: `recipe inflate-vae`)
 #      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and a decoder-only stage
@@ -34,8 +35,9 @@ train() {  # train CONFIG RUN: skip a finished run, resume an interrupted one
 }
 
 stamp "data"
-# metadata_camera.jsonl is written last (temporary file + rename): its presence means the set is complete.
-[ -f "$RUNS/data/metadata_camera.jsonl" ] ||
+# metadata_camera.jsonl is written last (temporary file + rename): its presence means the set is complete
+# (a set from before session 9 lacks metadata_t2v.jsonl: `recipe data` then adds only that).
+[ -f "$RUNS/data/metadata_camera.jsonl" ] && [ -f "$RUNS/data/metadata_t2v.jsonl" ] ||
     "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
 # The text encoder (~5 min, measured) trains beside the image VAE stage (~8.5 min): each takes one core.
 TEXT_PID=

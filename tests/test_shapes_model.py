@@ -54,7 +54,18 @@ def test_recipe_data_step(tmp_path):
     from kinema.data.metadata import load_metadata
     from kinema.shapes.recipe import prepare_data
 
-    root = prepare_data(tmp_path / "data", clips=4, seed=0, image_fraction=0.0, camera_clips=3)
+    root = prepare_data(
+        tmp_path / "data", clips=4, seed=0, image_fraction=0.0, camera_clips=3, simple_clips=3
+    )
+    # The T2V base's data: the 4 clips, then 3 single-object static-camera ones from simple/.
+    t2v = [json.loads(line) for line in (root / "metadata_t2v.jsonl").read_text().splitlines()]
+    main_rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
+    assert [row["file_path"] for row in t2v[:4]] == [row["file_path"] for row in main_rows]
+    simple = t2v[4:]
+    assert len(simple) == 3 and all(row["file_path"].startswith("simple/") for row in simple)
+    assert all(len(row["spec"]["objects"]) == 1 and row["camera"] == "static" for row in simple)
+    assert not any(row["held_out"] for row in t2v)
+    assert all((root / row["file_path"]).is_file() and (root / row["pose_file"]).is_file() for row in simple)
     control = [json.loads(line) for line in (root / "metadata_control.jsonl").read_text().splitlines()]
     camera = [json.loads(line) for line in (root / "metadata_camera.jsonl").read_text().splitlines()]
     assert len(control) == 4
@@ -71,6 +82,14 @@ def test_recipe_data_step(tmp_path):
         poses = read_pose_file(root / row["camera_file_path"])
         assert (poses[0].fx, poses[0].fy, poses[0].cx, poses[0].cy) == pytest.approx(DEFAULT_INTRINSICS)
     assert load_metadata(root / "metadata_camera.jsonl", root)
+    # A set written before metadata_t2v.jsonl existed: `recipe data` adds only that file.
+    from kinema.shapes.recipe import main
+
+    (root / "metadata_t2v.jsonl").unlink()
+    before = (root / "metadata_camera.jsonl").stat().st_mtime_ns
+    assert main(["data", str(root), "--clips", "4", "--simple-clips", "2"]) == 0
+    assert len((root / "metadata_t2v.jsonl").read_text().splitlines()) == 6
+    assert (root / "metadata_camera.jsonl").stat().st_mtime_ns == before
 
 
 def test_bold_textures_keep_the_scene_and_enlarge_the_texture():

@@ -11,8 +11,9 @@
 drawn) with ``kinema.shapes.write_dataset`` and adds what the trainer's control and camera modes read:
 a trajectory control video per clip (white Gaussian blobs on the object tracks, rendered by
 ``kinema.control.render_trajectory_video``, the same renderer ``kinema generate --trajectory`` uses) and
-three metadata files: ``metadata.jsonl`` (all samples), ``metadata_control.jsonl`` (videos with
-``control_file_path``) and ``metadata_camera.jsonl`` (videos with ``camera_file_path``).
+four metadata files: ``metadata.jsonl`` (all samples), ``metadata_t2v.jsonl`` (those plus as many
+single-object static-camera clips, ``simple/``: the T2V base's data), ``metadata_control.jsonl`` (videos
+with ``control_file_path``) and ``metadata_camera.jsonl`` (videos with ``camera_file_path``).
 
 ``finalize-vae`` turns the deterministically trained autoencoder into the VAE the transformers use: the
 log-variance half of ``quant_conv`` is set to a constant -30 (std 3e-7), so the trainer's posterior
@@ -48,9 +49,17 @@ TEXT_ENCODER = dict(hidden_size=32, num_layers=4, num_attention_heads=2, num_key
 
 
 def prepare_data(
-    root: str | Path, clips: int, seed: int = 0, image_fraction: float = 0.1, camera_clips: int | None = None
+    root: str | Path,
+    clips: int,
+    seed: int = 0,
+    image_fraction: float = 0.1,
+    camera_clips: int | None = None,
+    simple_clips: int | None = None,
 ) -> Path:
-    """Write the training set and its control videos / metadata variants; returns ``root``."""
+    """Write the training set and its control videos / metadata variants; returns ``root``.
+
+    ``simple_clips`` (default ``clips``) single-object static-camera clips join the T2V base's data;
+    ``camera_clips`` (default ``clips // 2``) moving-camera clips make the Camera model's."""
     root = Path(root)
     write_dataset(root, clips, seed=seed, split="train", image_fraction=image_fraction)
     records = load_metadata(root)
@@ -58,8 +67,35 @@ def prepare_data(
     with (root / "metadata_control.jsonl").open("w", encoding="utf-8") as f:
         for row in control_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    prepare_camera_data(root, clips // 2 if camera_clips is None else camera_clips, seed + 1)
+    prepare_t2v_data(root, clips if simple_clips is None else simple_clips, seed + SIMPLE_SEED_OFFSET)
+    prepare_camera_data(root, clips // 2 if camera_clips is None else camera_clips, seed + 1)  # last: marker
     return root
+
+
+# The T2V base learns colour, shape and direction from single objects on a still background much faster
+# than from the full mix (only ~23 % of which is one straight-moving object under a static camera):
+# docs/shapesworld-model.md, "Session 9". The seed offset keeps the simple clips distinct from the others.
+SIMPLE_SEED_OFFSET = 7
+
+
+def prepare_t2v_data(root: str | Path, clips: int, seed: int) -> Path:
+    """``metadata_t2v.jsonl``: the training set plus ``clips`` single-object, static-camera clips (in
+    ``simple/``; paths, backgrounds and the held-out split as usual), the T2V base's data."""
+    root = Path(root)
+    rows = load_metadata(root)
+    if clips > 0:
+        write_dataset(root / "simple", clips, seed=seed, split="train", two_object_prob=0.0, camera_prob=0.0)
+        for r in load_metadata(root / "simple"):
+            r = {**r, "file_path": "simple/" + r["file_path"]}
+            if r.get("pose_file"):
+                r["pose_file"] = "simple/" + r["pose_file"]
+            rows.append(r)
+    out, tmp = root / "metadata_t2v.jsonl", root / "metadata_t2v.jsonl.partial"
+    with tmp.open("w", encoding="utf-8") as f:  # temporary file + rename: its presence means "written"
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return out
 
 
 def _add_control_videos(root: Path, records: list[dict]) -> list[dict]:
@@ -248,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-fraction", type=float, default=0.1)
+    p.add_argument("--simple-clips", type=int, help="single-object static-camera clips (default: --clips)")
     p = sub.add_parser("camera-data", help="(re)write metadata_camera.jsonl: moving cameras, preset poses")
     p.add_argument("root")
     p.add_argument("--clips", type=int, default=1500, help="extra moving-camera clips")
@@ -271,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "data":
         if (Path(args.root) / "metadata_camera.jsonl").is_file():
+            if not (Path(args.root) / "metadata_t2v.jsonl").is_file():  # a set written before session 9
+                clips = args.clips if args.simple_clips is None else args.simple_clips
+                print(prepare_t2v_data(args.root, clips, args.seed + SIMPLE_SEED_OFFSET))
+                return 0
             print(f"{args.root}: already written")
             return 0
-        prepare_data(args.root, args.clips, args.seed, args.image_fraction)
+        prepare_data(args.root, args.clips, args.seed, args.image_fraction, simple_clips=args.simple_clips)
     elif args.command == "camera-data":
         print(prepare_camera_data(args.root, args.clips, args.seed))
     elif args.command == "inflate-vae":
