@@ -90,6 +90,7 @@ def test_recipe_data_step(tmp_path):
     assert main(["data", str(root), "--clips", "4", "--simple-clips", "2"]) == 0
     assert len((root / "metadata_t2v.jsonl").read_text().splitlines()) == 6
     assert (root / "metadata_camera.jsonl").stat().st_mtime_ns == before
+    assert main(["data", str(root), "--simple-clips", "-1"]) == 2
 
 
 def test_bold_textures_keep_the_scene_and_enlarge_the_texture():

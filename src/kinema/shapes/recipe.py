@@ -64,9 +64,7 @@ def prepare_data(
     write_dataset(root, clips, seed=seed, split="train", image_fraction=image_fraction)
     records = load_metadata(root)
     control_rows = _add_control_videos(root, records)
-    with (root / "metadata_control.jsonl").open("w", encoding="utf-8") as f:
-        for row in control_rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_jsonl(root / "metadata_control.jsonl", control_rows)
     prepare_t2v_data(root, clips if simple_clips is None else simple_clips, seed + SIMPLE_SEED_OFFSET)
     prepare_camera_data(root, clips // 2 if camera_clips is None else camera_clips, seed + 1)  # last: marker
     return root
@@ -90,12 +88,17 @@ def prepare_t2v_data(root: str | Path, clips: int, seed: int) -> Path:
             if r.get("pose_file"):
                 r["pose_file"] = "simple/" + r["pose_file"]
             rows.append(r)
-    out, tmp = root / "metadata_t2v.jsonl", root / "metadata_t2v.jsonl.partial"
-    with tmp.open("w", encoding="utf-8") as f:  # temporary file + rename: its presence means "written"
+    return _write_jsonl(root / "metadata_t2v.jsonl", rows)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Temporary file + rename: a metadata file that exists is complete (`recipe data` relies on it)."""
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return out
+    tmp.replace(path)
+    return path
 
 
 def _add_control_videos(root: Path, records: list[dict]) -> list[dict]:
@@ -149,13 +152,7 @@ def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
         name = "poses_preset/" + rec["file_path"].replace("/", "_").replace(".mp4", ".txt")
         write_pose_file(root / name, preset_poses(rec["camera"], read_pose_file(root / rec["pose_file"])))
         out.append({**rec, "camera_file_path": name})
-    # Temporary file + rename: `recipe data` takes an existing metadata_camera.jsonl as "all written".
-    tmp = root / "metadata_camera.jsonl.partial"
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in out:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(root / "metadata_camera.jsonl")
-    return root / "metadata_camera.jsonl"
+    return _write_jsonl(root / "metadata_camera.jsonl", out)
 
 
 FIXED_LOGVAR = -30.0
@@ -307,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-encoder", required=True)
     args = parser.parse_args(argv)
     if args.command == "data":
+        if args.simple_clips is not None and args.simple_clips < 0:
+            print(f"error: --simple-clips must be >= 0, got {args.simple_clips}", file=sys.stderr)
+            return 2
         if (Path(args.root) / "metadata_camera.jsonl").is_file():
             if not (Path(args.root) / "metadata_t2v.jsonl").is_file():  # a set written before session 9
                 clips = args.clips if args.simple_clips is None else args.simple_clips
