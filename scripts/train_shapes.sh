@@ -39,21 +39,18 @@ stamp "data"
 # (a set from before session 9 lacks metadata_t2v.jsonl: `recipe data` then adds only that).
 [ -f "$RUNS/data/metadata_camera.jsonl" ] && [ -f "$RUNS/data/metadata_t2v.jsonl" ] ||
     "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
-# The text encoder (~5 min, measured) trains beside the image VAE stage (~8.5 min): each takes one core.
+# The text encoder (two cycles, 1500 + 3000 steps, ~18 min on one thread) trains beside the VAE stages;
+# the T2V base is the first step that reads it. pretrain.json is written last: its presence means done.
 TEXT_PID=
 # A failing stage must not leave it running (a rerun would start a second one on the same folder).
 trap '[ -z "$TEXT_PID" ] || kill "$TEXT_PID" 2>/dev/null || true' EXIT
-if [ ! -f "$RUNS/text/text_encoder/config.json" ]; then
+if [ ! -f "$RUNS/text/pretrain.json" ]; then
     stamp "text encoder (background)"
     OMP_NUM_THREADS=1 "$PY" -m kinema.shapes.recipe text-encoder "$RUNS/text" --data "$RUNS/data" \
-        --steps 1500 > "$RUNS/text.log" 2>&1 &
+        --steps 1500 --more-steps 3000 > "$RUNS/text.log" 2>&1 &
     TEXT_PID=$!
 fi
 train configs/shapes/vae_image.toml vae_image
-if [ -n "$TEXT_PID" ]; then
-    wait "$TEXT_PID" || { TEXT_PID=; cat "$RUNS/text.log"; exit 1; }
-    TEXT_PID=
-fi
 [ -f "$RUNS/vae_image_inflated/config.json" ] ||
     "$PY" -m kinema.shapes.recipe inflate-vae "$RUNS/vae_image/final/vae" "$RUNS/vae_image_inflated"
 train configs/shapes/vae_video.toml vae_video
@@ -65,6 +62,11 @@ train configs/shapes/vae_decoder.toml vae_decoder
 stamp "VAE gate"
 "$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
 
+if [ -n "$TEXT_PID" ]; then
+    stamp "waiting for the text encoder"
+    wait "$TEXT_PID" || { TEXT_PID=; cat "$RUNS/text.log"; exit 1; }
+    TEXT_PID=
+fi
 train configs/shapes/t2v_p1.toml t2v_p1    # the T2V base every member branches from
 train configs/shapes/inp.toml inp
 train configs/shapes/control.toml control

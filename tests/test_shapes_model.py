@@ -231,12 +231,34 @@ def test_text_pretraining_makes_the_pooled_features_name_the_colour(tmp_path):
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
 
 
+def test_text_encoder_build_runs_two_cycles_and_records_them(tmp_path):
+    import json
+
+    from kinema.shapes import write_dataset
+    from kinema.shapes.text_pretrain import build_text_encoder
+    from kinema.text import PromptEncoder
+
+    torch.set_num_threads(1)
+    write_dataset(tmp_path / "data", 6, seed=0, height=32, width=32, frames=5)
+    lines = []
+    build_text_encoder(tmp_path / "text", tmp_path / "data", steps=2, more_steps=2, log=lines.append)
+    assert sum(line.startswith("cycle ") for line in lines) == 2
+    record = json.loads((tmp_path / "text" / "pretrain.json").read_text())
+    assert record["steps"] == 2 and record["more_steps"] == 2
+    assert "held-out object0.direction" in record["read_out_accuracy"]
+    encoder = PromptEncoder.from_pretrained(tmp_path / "text")  # an ordinary Qwen2-VL folder, bf16
+    assert next(encoder.model.parameters()).dtype == torch.bfloat16
+    assert not (tmp_path / "text.partial").exists()
+
+
 def test_recipe_text_encoder_refuses_bad_input_before_work(tmp_path, capsys):
     from kinema.shapes.recipe import main
 
     out = tmp_path / "text"
     assert main(["text-encoder", str(out), "--data", str(tmp_path), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["text-encoder", str(out), "--data", str(tmp_path), "--more-steps", "-1"]) == 2
+    assert "--more-steps >= 0" in capsys.readouterr().err
     assert main(["text-encoder", str(out), "--data", str(tmp_path / "missing")]) == 2
     assert "no metadata.jsonl" in capsys.readouterr().err
     assert not out.exists()

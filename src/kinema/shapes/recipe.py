@@ -4,7 +4,7 @@
     python -m kinema.shapes.recipe inflate-vae SRC DST                  image VAE -> video-stage init
     python -m kinema.shapes.recipe finalize-vae SRC DST --data DIR      deterministic posterior, scaling
     python -m kinema.shapes.recipe camera-data DIR [--clips N]           moving-camera clips, preset poses
-    python -m kinema.shapes.recipe text-encoder DIR --data D [--steps N] the pre-trained small text encoder
+    python -m kinema.shapes.recipe text-encoder DIR --data D [--steps N] [--more-steps M]  the small text encoder
     python -m kinema.shapes.recipe export RUNS OUT                      assemble the embedded model family
 
 ``data`` writes the ShapesWorld training split (held-out colour x shape x direction combinations are never
@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--data", required=True, help="the training set (its scenes give the prompts)")
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument(
+        "--more-steps", type=int, default=None, help="second cycle at a lower lr (default 3000; 0: none)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("export", help="assemble the embedded model family from the run folders")
     p.add_argument("runs")
@@ -322,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "finalize-vae":
         print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
     elif args.command == "text-encoder":
-        from .text_pretrain import build_text_encoder
+        from .text_pretrain import MORE_STEPS, build_text_encoder
 
-        if args.steps < 1:
-            print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
+        more = MORE_STEPS if args.more_steps is None else args.more_steps
+        if args.steps < 1 or more < 0:
+            print(
+                f"error: --steps must be >= 1 and --more-steps >= 0, got {args.steps} and {more}",
+                file=sys.stderr,
+            )
             return 2
         if not (Path(args.data) / "metadata.jsonl").is_file():
             print(
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-        build_text_encoder(args.out, args.data, args.steps, args.seed)
+        build_text_encoder(args.out, args.data, args.steps, args.seed, more)
     else:
         print(export_family(args.runs, args.out, args.text_encoder))
     return 0
