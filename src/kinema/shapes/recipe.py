@@ -46,6 +46,8 @@ from .dataset import DEFAULT_FPS, load_metadata, write_dataset, write_video
 # tokens dilute the DiT's attention to the prompt (the text tokens are 3/4 of the sequence at 256).
 TEXT_MAX_LENGTH = 96
 TEXT_ENCODER = dict(hidden_size=32, num_layers=4, num_attention_heads=2, num_key_value_heads=1, init_std=0.18)
+# Steps of the text encoder's second pre-training cycle (text_pretrain.build_text_encoder, "Session 10").
+TEXT_MORE_STEPS = 3000
 
 
 def prepare_data(
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the training set (its scenes give the prompts)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument(
-        "--more-steps", type=int, default=None, help="second cycle at a lower lr (default 3000; 0: none)"
+        "--more-steps", type=int, default=TEXT_MORE_STEPS, help="second cycle at a lower lr (0: none)"
     )
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("export", help="assemble the embedded model family from the run folders")
@@ -325,12 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "finalize-vae":
         print(json.dumps(finalize_vae(args.src, args.dst, args.data)))
     elif args.command == "text-encoder":
-        from .text_pretrain import MORE_STEPS, build_text_encoder
+        from .text_pretrain import build_text_encoder
 
-        more = MORE_STEPS if args.more_steps is None else args.more_steps
-        if args.steps < 1 or more < 0:
+        if args.steps < 1 or args.more_steps < 0:
             print(
-                f"error: --steps must be >= 1 and --more-steps >= 0, got {args.steps} and {more}",
+                f"error: --steps must be >= 1 and --more-steps >= 0, got {args.steps} and {args.more_steps}",
                 file=sys.stderr,
             )
             return 2
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-        build_text_encoder(args.out, args.data, args.steps, args.seed, more)
+        build_text_encoder(args.out, args.data, args.steps, args.seed, args.more_steps)
     else:
         print(export_family(args.runs, args.out, args.text_encoder))
     return 0

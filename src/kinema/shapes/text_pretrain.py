@@ -200,8 +200,7 @@ def pretrain(
 # direction of 89 % of prompts, its errors all up <-> down (left/right 100 %), and the T2V base could not
 # tell up from down either: it moved diagonals along their horizontal part and left "up"/"down" clips
 # still or erratic. A second cycle at a third of the learning rate makes the read-out 100 %
-# (docs/shapesworld-model.md, "Session 10").
-MORE_STEPS = 3000
+# (docs/shapesworld-model.md, "Session 10"). Its length is recipe.TEXT_MORE_STEPS.
 MORE_LR = 1e-3
 
 
@@ -210,19 +209,21 @@ def build_text_encoder(
     data_root: str | Path,
     steps: int = 1500,
     seed: int = 0,
-    more_steps: int = MORE_STEPS,
+    more_steps: int | None = None,
     log=print,
 ) -> dict[str, float]:
     """Pre-train the embedded model's text encoder (``recipe.TEXT_ENCODER``) and save it (bf16) to ``out``.
 
-    Two cycles: ``steps`` at lr 3e-3, then ``more_steps`` (0: none) at ``MORE_LR`` on fresh prompts (seed + 3;
+    Two cycles: ``steps`` at lr 3e-3, then ``more_steps`` (default ``recipe.TEXT_MORE_STEPS``; 0: none) at
+    ``MORE_LR`` on fresh prompts (seed + 3;
     each cycle draws its training, test and held-out prompts from three seeds) with fresh read-out heads,
     starting from the first cycle's weights rounded to bf16 as they are stored.
     """
     from kinema.text import PromptEncoder
 
-    from .recipe import TEXT_ENCODER, TEXT_MAX_LENGTH
+    from .recipe import TEXT_ENCODER, TEXT_MAX_LENGTH, TEXT_MORE_STEPS
 
+    more_steps = TEXT_MORE_STEPS if more_steps is None else more_steps
     if steps < 1 or more_steps < 0:
         raise ValueError(f"steps must be >= 1 and more_steps >= 0, got {steps} and {more_steps}")
     encoder = PromptEncoder.small(seed=seed, max_length=TEXT_MAX_LENGTH, **TEXT_ENCODER)
