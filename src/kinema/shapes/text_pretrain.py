@@ -215,9 +215,9 @@ def build_text_encoder(
     """Pre-train the embedded model's text encoder (``recipe.TEXT_ENCODER``) and save it (bf16) to ``out``.
 
     Two cycles: ``steps`` at lr 3e-3, then ``more_steps`` (default ``recipe.TEXT_MORE_STEPS``; 0: none) at
-    ``MORE_LR`` on fresh prompts (seed + 3;
-    each cycle draws its training, test and held-out prompts from three seeds) with fresh read-out heads,
-    starting from the first cycle's weights rounded to bf16 as they are stored.
+    ``MORE_LR`` on fresh prompts (seed + 3; each cycle draws its training, test and held-out prompts from
+    three seeds) with fresh read-out heads, starting from the first cycle's weights rounded to bf16 as they
+    are stored.
     """
     from kinema.text import PromptEncoder
 
