@@ -408,6 +408,20 @@ def test_evaluator_on_ground_truth(gt_clips):
     assert res["extra_objects"] == 0
 
 
+def test_background_texture_separates_plain_from_textured():
+    """The camera's precondition: a flat background scores ~0, ShapesWorld's textures clearly more."""
+    obj = (ObjectSpec("red", "circle", "right"),)
+    plain = evaluate_clip(render_from_spec(SceneSpec(obj, "plain"), seed=3).frames, SceneSpec(obj, "plain"))
+    assert plain.background_std < 0.3
+    for kind in ("stripes", "checker", "noise"):
+        clip = render_from_spec(SceneSpec(obj, kind), seed=3)
+        textured = evaluate_clip(clip.frames, clip.spec)
+        assert textured.background_std > 1.0, (kind, textured.background_std)
+    res = evaluate_clips([(clip.frames, clip.spec, None)])
+    assert res["background_std"] == pytest.approx(textured.background_std)
+    assert "background texture (L* std)" in format_table(res)
+
+
 def test_evaluator_from_parsed_prompts():
     """Prompt -> parse -> render ground truth -> evaluate: the full text-to-video scoring loop."""
     rng = np.random.default_rng(2)
