@@ -430,3 +430,35 @@ def test_numpy_canny_matches_opencv_exactly(low, high):
     ref = np.stack([cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), low, high) for f in video])
     assert np.array_equal(ours[..., 0], ref)
     assert np.array_equal(canny_video(video, low, high, backend="opencv")[..., 0], ref)
+
+
+def test_plane_motion_of_presets_pans_and_zooms_a_plane_at_the_given_depth():
+    from kinema.control.camera import camera_preset, fit_intrinsics, latent_plane_motion, plane_motion
+
+    depth, n = 8.0, 17
+    fx = fit_intrinsics(camera_preset("pan_left", 2), 64, 64)[0, 0]
+    travel = 1.5 * (n - 1) / n  # frame i of a preset sits at i / n of its unit motion
+    left = plane_motion(camera_preset("pan_left", n), 64, 64, depth)
+    np.testing.assert_allclose(left[-1], [1.0, fx * travel / depth, 0.0], atol=1e-6)  # content moves right
+    up = plane_motion(camera_preset("pan_up", n), 64, 64, depth)
+    assert up[-1, 2] > 5 and abs(up[-1, 1]) < 1e-6
+    zoom = 3.0 * (n - 1) / n
+    np.testing.assert_allclose(
+        plane_motion(camera_preset("zoom_in", n), 64, 64, depth)[-1],
+        [depth / (depth - zoom), 0, 0],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        plane_motion(camera_preset("zoom_out", n), 64, 64, depth)[-1],
+        [depth / (depth + zoom), 0, 0],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        plane_motion(camera_preset("static", n), 64, 64, depth), np.tile([1.0, 0, 0], (n, 1)), atol=1e-9
+    )
+    # Per latent frame: frame 0, then the mean over the 4 frames each causal latent frame encodes, in cells.
+    lat = latent_plane_motion(camera_preset("pan_left", n), 64, 64, depth, 5)
+    assert lat.shape == (5, 3) and lat.dtype == torch.float32
+    np.testing.assert_allclose(lat[2].numpy(), [1.0, left[5:9, 1].mean() / 8, 0.0], atol=1e-5)
+    with pytest.raises(ValueError, match="depth must be > 0"):
+        plane_motion(camera_preset("pan_left", n), 64, 64, 0.0)

@@ -636,3 +636,29 @@ def test_loading_errors(folders, tmp_path):
     # A component override: the InP transformer in the T2V folder makes an InP pipeline.
     mixed = load_pipeline(folders["t2v"], transformer=folders["inp"] / "transformer", memory_mode="none")
     assert mixed.model_type == "inp"
+
+
+def test_camera_rope_models_get_the_plane_motion_of_their_poses(pipes, monkeypatch):
+    """A Camera model with camera-aware RoPE (kinema extension) gets, at every step, the per-latent-frame
+    screen motion of a plane at its depth under the requested poses; models without it get nothing."""
+    from kinema.control.camera import camera_preset, latent_plane_motion
+
+    pipe = pipes["camera"]
+    tr = pipe.transformer
+    seen: list = []
+    original = tr.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("camera_motion"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "forward", spy)
+    plain = pipe("a street", camera="pan_left", generator=gen(12), output_type="latent", **COMMON).frames
+    assert seen and all(m is None for m in seen)
+    seen.clear()
+    monkeypatch.setattr(tr.config, "camera_rope_depth", 4.0)
+    moved = pipe("a street", camera="pan_left", generator=gen(12), output_type="latent", **COMMON).frames
+    expected = latent_plane_motion(camera_preset("pan_left", FRAMES), H, W, 4.0, moved.shape[2])
+    assert expected[-1, 1] > 0.1  # content moves right by a visible fraction of a cell
+    assert seen and all(torch.allclose(m[0], expected) for m in seen)
+    assert max_diff(moved, plain) > 1e-3

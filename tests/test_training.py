@@ -896,3 +896,44 @@ def test_compiled_forward_trains_like_eager(tmp_path, data_root, text_encoder, v
     assert torch.allclose(grad_c, grad_e, rtol=1e-3, atol=1e-6)
     with pytest.raises(ConfigError, match="train.compile"):
         make_config(tmp_path / "vae", data_root, mode="vae", train={"compile": True})
+
+
+def test_camera_rope_depth_turns_on_camera_aware_rope_in_camera_training(
+    tmp_path, data_root, text_encoder, vae
+):
+    from kinema.control.camera import latent_plane_motion, read_pose_file
+
+    config = make_config(
+        tmp_path, data_root, mode="camera", model={"camera_rope_depth": 1.0},  # the synthetic plane
+        control={"control_dropout": 0.0, "reference_dropout": 0.0},
+    )  # fmt: skip
+    trainer = make_trainer(config, text_encoder, vae).setup()
+    assert trainer.transformer.config.camera_rope_depth == 1.0
+    batch = first_batch(trainer)
+    seen: dict = {}
+
+    def spy(x, t, text, **cond):
+        seen.update(cond)
+        return torch.zeros_like(x)
+
+    trainer.train_model = spy
+    trainer.compute_loss(batch)
+    req = batch["requests"][0]
+    sample = trainer.stage_data[0][1].samples[req.index]
+    poses = read_pose_file(sample.camera_path)[req.plan.start : req.plan.start + req.plan.frames]
+    f = seen["control_latents"].shape[2]
+    expected = latent_plane_motion(poses, req.plan.height, req.plan.width, 1.0, f)
+    assert (expected[-1] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.05  # the test poses move
+    assert seen["camera_motion"].shape == (len(batch["requests"]), f, 3)
+    torch.testing.assert_close(seen["camera_motion"][0], expected)
+    # A dropped camera is an identity motion, as the zeroed Plücker input says "no camera".
+    trainer.config.control.control_dropout = 1.0
+    trainer.compute_loss(batch)
+    torch.testing.assert_close(
+        seen["camera_motion"], torch.tensor([1.0, 0.0, 0.0]).expand_as(seen["camera_motion"])
+    )
+    # Only camera runs may set it.
+    with pytest.raises(ValueError, match="camera_rope_depth is for camera training"):
+        make_trainer(
+            make_config(tmp_path, data_root, model={"camera_rope_depth": 6.0}), text_encoder, vae
+        ).setup()

@@ -378,3 +378,50 @@ def test_config_round_trip_and_refusals():
         VideoTransformer.from_config({**TINY, "text_embed_dim_t5": 16})
     with pytest.raises(ValueError, match="multiple of 16"):
         VideoTransformer.from_config({**TINY, "attention_head_dim": 24})
+
+
+# ---- camera-aware RoPE (kinema extension) ----------------------------------------------------------------
+
+
+def test_camera_rope_identity_is_plain_rope_and_a_pan_shifts_positions_by_whole_tokens():
+    frames, gh, gw, p = 3, 6, 10, 2
+    plain = rotary_embedding(frames, gh, gw, head_dim=64, patch_size=p)
+    identity = torch.tensor([[1.0, 0.0, 0.0]]).repeat(frames, 1)[None]
+    torch.testing.assert_close(
+        rotary_embedding(frames, gh, gw, 64, p, camera_motion=identity)[0], plain, rtol=0, atol=1e-5
+    )
+    # Content moves right by one token (p latent cells) per frame: the token at column j of frame f shows
+    # what column j - f showed in frame 0, so it takes frame f's plain rotation of column j - f.
+    pan = torch.tensor([[1.0, float(p * f), 0.0] for f in range(frames)])[None]
+    rot = rotary_embedding(frames, gh, gw, 64, p, camera_motion=pan)[0].reshape(frames, gh, gw, -1)
+    ref = plain.reshape(frames, gh, gw, -1)
+    for f in range(frames):
+        torch.testing.assert_close(rot[f, :, f:], ref[f, :, : gw - f], rtol=0, atol=1e-4)
+    # A zoom about the centre keeps the centre's position and spreads the others.
+    zoom = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])[None]
+    assert not torch.allclose(
+        rotary_embedding(frames, gh, gw, 64, p, camera_motion=zoom)[0, -gh * gw :], ref[-1].flatten(0, 1)
+    )
+    with pytest.raises(ValueError, match="camera_motion must have shape"):
+        rotary_embedding(frames, gh, gw, 64, p, camera_motion=pan[:, :2])
+
+
+def test_camera_motion_changes_only_models_with_camera_rope_depth():
+    _, plain = pair(in_channels=22)
+    cam = VideoTransformer.from_config({**dataclasses.asdict(plain.config), "camera_rope_depth": 6.0}).eval()
+    cam.load_state_dict(plain.state_dict(), strict=True)
+    latents, timestep, text = inputs(2, 16, 3, 8, 8)
+    control = torch.randn(2, 6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    identity = torch.tensor([[1.0, 0.0, 0.0]] * 3)[None]
+    pan = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.5, 0.0], [1.0, 3.0, 0.0]])[None]
+    with torch.no_grad():
+        base = cam(latents, timestep, text, control_latents=control)
+        same = cam(latents, timestep, text, control_latents=control, camera_motion=identity)
+        moved = cam(latents, timestep, text, control_latents=control, camera_motion=pan)
+        ignored = plain(latents, timestep, text, control_latents=control, camera_motion=pan)
+        plain_base = plain(latents, timestep, text, control_latents=control)
+    torch.testing.assert_close(same, base, rtol=0, atol=1e-4)
+    assert (moved - base).abs().max() > 1e-2
+    torch.testing.assert_close(ignored, plain_base, rtol=0, atol=0)
+    # Frame 0 is never moved, but attention mixes frames: only its own RoPE is unchanged, not its output.
+    assert VideoTransformerConfig().camera_rope_depth is None  # official checkpoints: off

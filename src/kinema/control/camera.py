@@ -247,6 +247,70 @@ def plucker_embedding(
     return out
 
 
+def plane_motion(
+    poses: Sequence[CameraPose],
+    height: int,
+    width: int,
+    depth: float,
+    pose_size: tuple[int, int] = DEFAULT_POSE_SIZE,
+) -> np.ndarray:
+    """``(F, 3)`` screen motion ``(scale, tx, ty)`` of a fronto-parallel plane at ``depth`` (in frame 0's
+    camera), mapping frame-0 pixels to frame-t pixels about the image centre: ``x_t - c = s (x_0 - c) + t``.
+
+    A least-squares similarity fit over a grid of the plane's points; exact for pans along the image axes
+    and for moves along the optical axis. It says where the *background* goes, which is what camera-aware
+    RoPE (``VideoTransformerConfig.camera_rope_depth``) needs; rotations and off-axis moves are approximated.
+    """
+    if not depth > 0:
+        raise ValueError(f"depth must be > 0, got {depth}")
+    c2w = relative_c2w(poses)
+    intr = fit_intrinsics(poses, height, width, pose_size)
+    fx, fy, cx, cy = intr[0]
+    v, u = np.meshgrid(np.linspace(0, height, 5), np.linspace(0, width, 5), indexing="ij")
+    pix0 = np.stack([u.ravel(), v.ravel()], 1)
+    # Plane points in frame 0's camera (= relative world) coordinates.
+    world = np.stack(
+        [(pix0[:, 0] - cx) / fx * depth, (pix0[:, 1] - cy) / fy * depth, np.full(len(pix0), depth)], 1
+    )
+    centre = np.array([width / 2, height / 2])
+    out = np.zeros((len(poses), 3))
+    for i in range(len(poses)):
+        w2c = np.linalg.inv(c2w[i])
+        cam = world @ w2c[:3, :3].T + w2c[:3, 3]
+        z = np.maximum(cam[:, 2], 1e-6 * depth)  # points behind the camera: clamp rather than divide by <= 0
+        fxi, fyi, cxi, cyi = intr[i]
+        pix = np.stack([cam[:, 0] / z * fxi + cxi, cam[:, 1] / z * fyi + cyi], 1)
+        a, b = pix0 - centre, pix - centre
+        a0, b0 = a - a.mean(0), b - b.mean(0)
+        scale = float((a0 * b0).sum() / (a0 * a0).sum())
+        out[i] = (scale, *(b.mean(0) - scale * a.mean(0)))
+    return out
+
+
+def latent_plane_motion(
+    poses: Sequence[CameraPose],
+    height: int,
+    width: int,
+    depth: float,
+    latent_frames: int,
+    temporal: int = 4,
+    spatial: int = 8,
+    pose_size: tuple[int, int] = DEFAULT_POSE_SIZE,
+) -> torch.Tensor:
+    """:func:`plane_motion` per latent frame, ``(latent_frames, 3)`` float32, translation in latent cells.
+
+    Latent frame 0 is frame 0; latent frame k >= 1 averages the frames it encodes in a causal VAE
+    (``temporal * (k - 1) + 1 .. temporal * k``, clamped to the poses given)."""
+    frame = plane_motion(poses, height, width, depth, pose_size)
+    rows = [frame[0]]
+    for k in range(1, latent_frames):
+        idx = np.clip(np.arange(temporal * (k - 1) + 1, temporal * k + 1), 0, len(frame) - 1)
+        rows.append(frame[idx].mean(0))
+    motion = np.array(rows)
+    motion[:, 1:] /= spatial
+    return torch.tensor(motion, dtype=torch.float32)
+
+
 def camera_latents(
     plucker: torch.Tensor,
     latent_frames: int,

@@ -50,8 +50,12 @@ def load_pixels(path, plan: Plan, is_image: bool) -> tuple[torch.Tensor, int]:
 
 
 def camera_latents_for(
-    sample: Sample, plan: Plan, geometry: Geometry, pose_size: tuple[int, int] | None = None
-) -> torch.Tensor:
+    sample: Sample,
+    plan: Plan,
+    geometry: Geometry,
+    pose_size: tuple[int, int] | None = None,
+    return_poses: bool = False,
+):
     """Plücker camera latents (6, latent_frames, h, w), x6, for the plan's frames of the pose file.
 
     The pose file has one line per source frame; the aspect fix uses ``pose_size`` (default: the source
@@ -70,7 +74,8 @@ def camera_latents_for(
         selected, plan.height, plan.width, pose_size=pose_size or (sample.height, sample.width)
     )
     s = geometry.vae_spatial
-    return camera_latents(plucker, geometry.latent_frames(plan.frames), plan.height // s, plan.width // s)
+    latents = camera_latents(plucker, geometry.latent_frames(plan.frames), plan.height // s, plan.width // s)
+    return (latents, selected) if return_poses else latents
 
 
 class VideoDataset(Dataset):
@@ -108,6 +113,7 @@ class VideoDataset(Dataset):
             "control_key": None,
             "cached_control": None,
             "camera": None,
+            "camera_poses": None,
         }
         try:
             if self.cache is not None:
@@ -134,10 +140,14 @@ class VideoDataset(Dataset):
             if self.options.camera:
                 if sample.camera_path is None:
                     raise ValueError(f"'{sample.file_path}' has no camera_file_path (needed in camera mode)")
-                item["camera"] = camera_latents_for(sample, plan, self.geometry, self.options.pose_size)
+                item["camera"], item["camera_poses"] = camera_latents_for(
+                    sample, plan, self.geometry, self.options.pose_size, return_poses=True
+                )
         except Exception as e:  # noqa: BLE001 - a bad file must never stop a run; it is counted instead
             item.update(ok=False, error=f"{type(e).__name__}: {e}", pixels=None, cached_latents=None)
-            item.update(control_pixels=None, cached_control=None, camera=None, latent_key=None)
+            item.update(
+                control_pixels=None, cached_control=None, camera=None, camera_poses=None, latent_key=None
+            )
         return item
 
 
@@ -174,4 +184,7 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["camera"] = torch.stack([c if c is not None else torch.zeros_like(ref) for c in cameras])
     else:
         batch["camera"] = None
+    batch["camera_poses"] = [
+        it.get("camera_poses") for it in items
+    ]  # per-item pose lists (camera-aware RoPE)
     return batch

@@ -74,6 +74,12 @@ class VideoTransformerConfig:
     resize_inpaint_mask_directly: bool = True
     enable_text_attention_mask: bool = True
     add_noise_in_inpaint_model: bool = True
+    # kinema extension (not in EasyAnimate/diffusers; None = off, as every official checkpoint): camera-aware
+    # RoPE. Video tokens take the spatial RoPE position of the point they show on a plane at this depth
+    # (pose units), so the model's "same position across frames" prior holds the background still in the
+    # world, i.e. moving on screen as the camera says. Callers pass ``camera_motion`` (control.camera.
+    # latent_plane_motion at this depth); docs/shapesworld-model.md, "Session 12".
+    camera_rope_depth: float | None = None
 
 
 # Keys of the official V5.1 configs that diffusers ignores. With these values they change nothing; other
@@ -159,11 +165,24 @@ def rope_crop_region(grid_hw: tuple[int, int], base_hw: tuple[int, int]) -> tupl
     return (top, left), (top + fit_h, left + fit_w)
 
 
-def rotary_embedding(frames: int, grid_h: int, grid_w: int, head_dim: int, patch_size: int, device=None):
+def rotary_embedding(
+    frames: int,
+    grid_h: int,
+    grid_w: int,
+    head_dim: int,
+    patch_size: int,
+    device=None,
+    camera_motion: torch.Tensor | None = None,
+):
     """3D RoPE for the (f, y, x)-ordered video tokens: unit complex numbers, (F*h*w, head_dim / 2).
 
     The head dim is split t:y:x = 1/4 : 3/8 : 3/8. Spatial positions are fractional: the token grid is
     stretched over its crop of the base grid, so every resolution covers the same position range.
+
+    ``camera_motion`` (B, F, 3) = per-frame screen similarity (scale, tx, ty), translation in latent cells,
+    frame 0 -> frame f about the grid centre: each token then takes the position of the frame-0 point it
+    shows (camera-aware RoPE), and the result is (B, F*h*w, head_dim / 2). Identity motion gives exactly
+    the plain positions.
     """
     base_hw = (ROPE_BASE_LATENT_HW[0] // patch_size, ROPE_BASE_LATENT_HW[1] // patch_size)
     (top, left), (bottom, right) = rope_crop_region((grid_h, grid_w), base_hw)
@@ -176,6 +195,10 @@ def rotary_embedding(frames: int, grid_h: int, grid_w: int, head_dim: int, patch
         return torch.outer(pos, 1.0 / (ROPE_THETA**exponents))
 
     dim_t, dim_hw = head_dim // 4, head_dim // 8 * 3
+    if camera_motion is not None:
+        return _camera_rope(
+            camera_motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, (top, left, bottom, right)
+        )
     a_t = angles(positions(0, frames, frames), dim_t)[:, None, None, :].expand(-1, grid_h, grid_w, -1)
     a_y = angles(positions(top, bottom, grid_h), dim_hw)[None, :, None, :].expand(frames, -1, grid_w, -1)
     a_x = angles(positions(left, right, grid_w), dim_hw)[None, None, :, :].expand(frames, grid_h, -1, -1)
@@ -183,10 +206,51 @@ def rotary_embedding(frames: int, grid_h: int, grid_w: int, head_dim: int, patch
     return torch.polar(torch.ones_like(theta), theta)
 
 
+def _camera_rope(motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, box):
+    """rotary_embedding's camera-aware positions: (B, F*h*w, dim/2); see there."""
+    top, left, bottom, right = box
+    motion = motion.to(torch.float32)
+    if motion.ndim != 3 or motion.shape[1:] != (frames, 3):
+        raise ValueError(f"camera_motion must have shape (B, {frames}, 3), got {tuple(motion.shape)}")
+    device = motion.device
+
+    def step(start: float, stop: float, n: int) -> float:  # plain positions: linspace(start, stop (n-1)/n, n)
+        return (stop * (n - 1) / n - start) / (n - 1) if n > 1 else 0.0
+
+    def angles(pos: torch.Tensor, dim: int) -> torch.Tensor:
+        exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
+        return pos[..., None] * (1.0 / (ROPE_THETA**exponents))
+
+    # Token centres in latent cells, relative to the grid centre; back through the similarity to frame 0.
+    ys = (
+        torch.arange(grid_h, dtype=torch.float32, device=device) + 0.5
+    ) * patch_size - grid_h * patch_size / 2
+    xs = (
+        torch.arange(grid_w, dtype=torch.float32, device=device) + 0.5
+    ) * patch_size - grid_w * patch_size / 2
+    scale, tx, ty = (motion[..., i, None, None] for i in range(3))  # (B, F, 1, 1)
+    y0 = (ys[None, None, :, None] - ty) / scale  # (B, F, h, 1)
+    x0 = (xs[None, None, None, :] - tx) / scale  # (B, F, 1, w)
+    # Back to token indices (fractional), then onto the plain positions' affine map.
+    iy = (y0 + grid_h * patch_size / 2) / patch_size - 0.5
+    ix = (x0 + grid_w * patch_size / 2) / patch_size - 0.5
+    pos_y = (top + iy * step(top, bottom, grid_h)).expand(-1, -1, grid_h, grid_w)
+    pos_x = (left + ix * step(left, right, grid_w)).expand(-1, -1, grid_h, grid_w)
+    b = motion.shape[0]
+    pos_t = torch.arange(frames, dtype=torch.float32, device=device)[None, :, None, None].expand(
+        b, -1, grid_h, grid_w
+    )
+    theta = torch.cat([angles(pos_t, dim_t), angles(pos_y, dim_hw), angles(pos_x, dim_hw)], dim=-1).flatten(
+        1, 3
+    )
+    return torch.polar(torch.ones_like(theta), theta)
+
+
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of (B, S, H, D) fp32 tokens by the (S, D/2) rotations."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of (B, S, H, D) fp32 tokens by the (S, D/2) rotations
+    (or per-sample (B, S, D/2) rotations: camera-aware RoPE)."""
     pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rope[:, None]).flatten(-2)
+    return torch.view_as_real(pairs * (rope[:, None] if rope.ndim == 2 else rope[:, :, None])).flatten(-2)
 
 
 def join_head_major(text: torch.Tensor, video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -403,6 +467,7 @@ class VideoTransformer(ModelMixin):
         text_states: torch.Tensor,
         inpaint_latents: torch.Tensor | None = None,
         control_latents: torch.Tensor | None = None,
+        camera_motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict from noisy ``latents`` (B, C, F, h, w) at ``timestep`` (B,) or scalar, in [0, 1000].
 
@@ -410,7 +475,8 @@ class VideoTransformer(ModelMixin):
         part in attention exactly as in EasyAnimate (the DiT has no text mask). ``inpaint_latents``
         (InP: mask + masked video) and ``control_latents`` (Control/Camera) are concatenated to
         ``latents`` on channels, in that order, and must add up to ``in_channels``. Returns
-        (B, out_channels, F, h, w) in ``latents.dtype``.
+        (B, out_channels, F, h, w) in ``latents.dtype``. ``camera_motion`` (B or 1, F, 3): see
+        ``camera_rope_depth``; ignored by models without it (their camera is the Plücker input alone).
         """
         device = self.proj.weight.device
         if self.proj.weight.dtype == torch.float16 and device.type == "cpu":
@@ -420,9 +486,13 @@ class VideoTransformer(ModelMixin):
             )
         # CPU inference: linears and attention split over per-core workers (no-op with grad or 1 thread).
         with spread_over_cores() if device.type == "cpu" else contextlib.nullcontext():
-            return self._forward(latents, timestep, text_states, inpaint_latents, control_latents)
+            return self._forward(
+                latents, timestep, text_states, inpaint_latents, control_latents, camera_motion
+            )
 
-    def _forward(self, latents, timestep, text_states, inpaint_latents, control_latents) -> torch.Tensor:
+    def _forward(
+        self, latents, timestep, text_states, inpaint_latents, control_latents, camera_motion=None
+    ) -> torch.Tensor:
         c = self.config
         dtype, device = self.proj.weight.dtype, self.proj.weight.device
         x = torch.cat([t for t in (latents, inpaint_latents, control_latents) if t is not None], dim=1)
@@ -445,7 +515,11 @@ class VideoTransformer(ModelMixin):
         video = self.proj(x.transpose(1, 2).flatten(0, 1).to(dtype))  # (B*F, dim, h/p, w/p)
         video = video.flatten(2).transpose(1, 2).reshape(batch, -1, dim).float()
         text = self.text_proj(text_states.to(dtype)).float()
-        rope = rotary_embedding(frames, grid_h, grid_w, c.attention_head_dim, p, device)
+        if c.camera_rope_depth is None or camera_motion is None:
+            camera_motion = None
+        else:
+            camera_motion = camera_motion.to(device).expand(batch, -1, -1)
+        rope = rotary_embedding(frames, grid_h, grid_w, c.attention_head_dim, p, device, camera_motion)
         attend = get_attention_backend(self.attention_backend)
 
         for block in self.transformer_blocks:

@@ -87,6 +87,7 @@ class _Conditioning:
     keep_mask: torch.Tensor | None = None  # (1, 1, F, H, W): 1 = generate, 0 = keep
     control: torch.Tensor | None = None  # (1, 3, F, H, W) control video in [-1, 1]
     camera: torch.Tensor | None = None  # (1, 6, f, h, w) camera latents
+    camera_motion: torch.Tensor | None = None  # (1, f, 3) for camera-aware RoPE models (camera_rope_depth)
     reference: torch.Tensor | None = None  # (1, 3, 1, H, W)
     mode: str = "t2v"
 
@@ -518,6 +519,13 @@ class VideoPipeline:
             lat_f = (num_frames - 1) // self.vae_temporal_factor + 1
             s = self.vae_scale_factor
             cond.camera = camera_latents(plucker, lat_f, height // s, width // s)[None]
+            depth = getattr(self.transformer.config, "camera_rope_depth", None)
+            if depth is not None:
+                from kinema.control.camera import latent_plane_motion
+
+                cond.camera_motion = latent_plane_motion(
+                    poses, height, width, depth, lat_f, self.vae_temporal_factor, s
+                )[None]
         if ref_v is not None:
             cond.reference = _resize(ref_v, height, width)
         return cond
@@ -911,6 +919,9 @@ class VideoPipeline:
         progress = {"total": len(timesteps), "desc": "sampling", "leave": False, **self.progress_bar_config}
         from tqdm.auto import tqdm
 
+        camera_kwargs = (
+            {} if cond.camera_motion is None else {"camera_motion": cond.camera_motion.to(self.device)}
+        )
         done = 0
         whole = self.active_memory_mode in ("model_offload", "fp8_offload")
         with on_device(self.transformer, self.device, whole):
@@ -928,6 +939,7 @@ class VideoPipeline:
                         embeds,
                         inpaint_latents=inpaint_latents,
                         control_latents=control_latents,
+                        **camera_kwargs,
                     ).float()
                     if pred.shape[1] != self.latent_channels:  # learned-variance models: keep the mean
                         pred = pred[:, : self.latent_channels]

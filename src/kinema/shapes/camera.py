@@ -164,23 +164,41 @@ def project_track(points_w: np.ndarray, poses: CameraPoses, height: int, width: 
     return np.stack([u, v], -1)
 
 
-# Mean camera travel per label in ShapesWorld (world.PAN_RANGE etc.): the travel a preset at speed 1 stands for.
-NOMINAL_TRAVEL = {"pan": 0.25, "zoom_in": 0.29, "zoom_out": 0.40}
+# Depth (preset pose units) of the plane the preset poses are calibrated on: under ``preset_poses``, a plane at
+# this depth moves on screen exactly as the clip's background does. The Camera model's camera-aware RoPE
+# (transformer ``camera_rope_depth``) uses the same depth, so its positions follow the pictures. At 8, speed 1
+# gives a 10.7 px pan, a 1.54x zoom-in and a 0.74x zoom-out at 64x64, inside or near ShapesWorld's ranges.
+PRESET_PLANE_DEPTH = 8.0
+
+
+def _preset_magnitude(label: str, frames: int, speed: float) -> float:
+    s, tx, ty = control_camera.plane_motion(
+        control_camera.camera_preset(label, frames, speed=speed), 64, 64, PRESET_PLANE_DEPTH
+    )[-1]
+    return float(np.hypot(tx, ty)) if label.startswith("pan_") else abs(float(np.log(s)))
 
 
 def preset_poses(label: str, poses: CameraPoses) -> CameraPoses:
     """A clip's camera ``poses`` as ``kinema generate --camera LABEL`` describes it (``control.camera_preset``).
 
-    ShapesWorld poses are in its own units (a pan travels 0.20-0.30, focal = frame width), while the preset
-    poses a user passes follow the reference CameraCtrl presets (1.5 units per pan at speed 1, the default
-    intrinsics). A camera model is trained on these so that ``--camera pan_left`` is what it has seen; the
-    speed is the clip's travel over the label's mean travel, so faster clips get faster presets.
+    ShapesWorld poses are in its own units (a pan travels 0.20-0.30, focal = frame width, the plane at
+    depth 1), while the preset poses a user passes follow the reference CameraCtrl presets (1.5 units per
+    pan, 3 per zoom at speed 1, the default intrinsics). A camera model is trained on these so that
+    ``--camera pan_left`` is what it has seen. The speed is chosen so that a plane at ``PRESET_PLANE_DEPTH``
+    moves on screen as this clip's background does (end-to-end shift for pans, log scale for zooms).
     """
     centers = -np.einsum("fji,fj->fi", poses.w2c[:, :, :3], poses.w2c[:, :, 3])  # C = -R^T t
     speed = 0.0
     if label != "static":
-        nominal = NOMINAL_TRAVEL["pan" if label.startswith("pan_") else label]
-        speed = float(np.linalg.norm(centers[-1] - centers[0])) / nominal
+        scale, tx, ty = plane_image_motion(poses, 64, 64)[-1]
+        target = float(np.hypot(tx, ty)) if label.startswith("pan_") else abs(float(np.log(scale)))
+        lo, hi = 0.0, 1.0
+        while _preset_magnitude(label, len(centers), hi) < target and hi < 64:
+            hi *= 2
+        for _ in range(40):  # magnitude grows monotonically with speed: bisection
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _preset_magnitude(label, len(centers), mid) < target else (lo, mid)
+        speed = (lo + hi) / 2
     frames = control_camera.camera_preset(label, len(centers), speed=speed)
     return CameraPoses(
         np.array([[p.fx, p.fy, p.cx, p.cy] for p in frames]), np.stack([p.w2c for p in frames])

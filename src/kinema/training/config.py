@@ -56,6 +56,9 @@ class ModelConfig:
     # Training I2V/Control from a T2V checkpoint: widen the patch embedding with zero-initialised input
     # channels so the start model behaves exactly like the T2V one.
     expand_input_channels: bool = False
+    # Camera models: turn on (or change) the transformer's camera-aware RoPE (VideoTransformerConfig.
+    # camera_rope_depth, a kinema extension) on a loaded checkpoint; saved with the trained weights.
+    camera_rope_depth: float | None = None
     init_seed: int = 0  # seed for randomly initialised parts
 
 

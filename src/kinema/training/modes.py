@@ -34,6 +34,7 @@ class StepContext:
     scaling_factor: float
     config: RunConfig
     stats: dict[str, float] = field(default_factory=dict)  # per-batch counters for the log
+    camera_rope_depth: float | None = None  # the transformer's camera-aware RoPE depth (None: off)
 
 
 class ModeSpec:
@@ -128,10 +129,39 @@ class CameraMode(ModeSpec):
         b, _, f, h, w = ctx.latents.shape
         camera = ctx.batch["camera"]
         camera = torch.zeros(b, 6, f, h, w) if camera is None else camera
-        camera = camera.to(device) * _dropout(ctx, "control_drop", cfg.control_dropout, device)
+        keep = _dropout(ctx, "control_drop", cfg.control_dropout, device)
+        camera = camera.to(device) * keep
         ref = place_reference(ctx.latent_mean[:, :, :1], f)
         ref = ref * _dropout(ctx, "reference_drop", cfg.reference_dropout, device)
-        return {"control_latents": torch.cat([camera.to(ref.dtype), ref], dim=1).to(ctx.latents.dtype)}
+        out = {"control_latents": torch.cat([camera.to(ref.dtype), ref], dim=1).to(ctx.latents.dtype)}
+        if ctx.camera_rope_depth is not None:
+            out["camera_motion"] = self._motion(ctx, keep.view(-1), f, h, w)
+        return out
+
+    @staticmethod
+    def _motion(ctx: StepContext, keep: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
+        """(B, f, 3) camera_motion for camera-aware RoPE; identity where the camera is dropped or absent."""
+        from kinema.control.camera import latent_plane_motion
+
+        plan, g = ctx.batch["plan"], ctx.config
+        pose_size = (g.control.pose_height, g.control.pose_width)
+        rows = []
+        for i, poses in enumerate(ctx.batch.get("camera_poses") or [None] * len(keep)):
+            if poses is None or keep[i] == 0:
+                rows.append(torch.tensor([[1.0, 0.0, 0.0]]).expand(f, 3))
+            else:
+                rows.append(
+                    latent_plane_motion(
+                        poses,
+                        plan.height,
+                        plan.width,
+                        ctx.camera_rope_depth,
+                        f,
+                        pose_size=pose_size,
+                        spatial=plan.height // h,
+                    )  # fmt: skip
+                )
+        return torch.stack(rows).to(keep.device)
 
 
 class VAEMode(ModeSpec):

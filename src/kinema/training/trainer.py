@@ -217,6 +217,16 @@ class Trainer:
                         **m.transformer_config,
                     }
                     transformer = VideoTransformer.from_config(cfg)
+        if m.camera_rope_depth is not None:
+            if self.mode.name != "camera":
+                raise ValueError(
+                    f"model.camera_rope_depth is for camera training; this run's mode is {self.mode.name!r}"
+                )
+            if not m.camera_rope_depth > 0:
+                raise ValueError(
+                    f"model.camera_rope_depth must be > 0 (pose units), got {m.camera_rope_depth}"
+                )
+            transformer.config.camera_rope_depth = float(m.camera_rope_depth)
         self._check_transformer(transformer)
         transformer.train()
         if c.train.gradient_checkpointing:
@@ -624,6 +634,7 @@ class Trainer:
                 control_latents=lambda: self._moments(batch, "control_pixels", "cached_control", "control_key")
                 .chunk(2, dim=1)[0] * self.scaling_factor,
                 scaling_factor=self.scaling_factor, config=c,
+                camera_rope_depth=getattr(getattr(self.transformer, "config", None), "camera_rope_depth", None),
             )  # fmt: skip
             cond = self.mode.conditioning(ctx)
             sigmas = sample_sigmas(rand, c.flow).to(device)
