@@ -425,3 +425,14 @@ def test_camera_motion_changes_only_models_with_camera_rope_depth():
     torch.testing.assert_close(ignored, plain_base, rtol=0, atol=0)
     # Frame 0 is never moved, but attention mixes frames: only its own RoPE is unchanged, not its output.
     assert VideoTransformerConfig().camera_rope_depth is None  # official checkpoints: off
+
+
+def test_camera_rope_depth_is_saved_only_when_set(tmp_path):
+    _, model = pair()
+    model.save_pretrained(tmp_path / "off")
+    assert "camera_rope_depth" not in json.loads((tmp_path / "off" / CONFIG_NAME).read_text())
+    model.config.camera_rope_depth = 8.0
+    model.save_pretrained(tmp_path / "on")
+    assert json.loads((tmp_path / "on" / CONFIG_NAME).read_text())["camera_rope_depth"] == 8.0
+    assert VideoTransformer.from_pretrained(tmp_path / "on").config.camera_rope_depth == 8.0
+    assert VideoTransformer.from_pretrained(tmp_path / "off").config.camera_rope_depth is None

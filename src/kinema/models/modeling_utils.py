@@ -146,6 +146,10 @@ class ModelMixin(nn.Module):
             "_diffusers_version": "0.42.1",
         }
         data.update(dataclasses.asdict(self.config))
+        # kinema-only keys stay out of config.json while off, so saved folders keep diffusers' exact keys.
+        for key in getattr(self, "extension_config_keys", ()):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     # ---- loading ------------------------------------------------------------------------------

@@ -402,6 +402,7 @@ class VideoTransformer(ModelMixin):
     config_class = VideoTransformerConfig
     diffusers_class_name = "EasyAnimateTransformer3DModel"
     ignored_config_keys = frozenset(_INERT_OFFICIAL_KEYS)
+    extension_config_keys = ("camera_rope_depth",)  # kinema's own fields (see VideoTransformerConfig)
 
     def __init__(self, config: VideoTransformerConfig):
         super().__init__()
