@@ -436,3 +436,9 @@ def test_camera_rope_depth_is_saved_only_when_set(tmp_path):
     assert json.loads((tmp_path / "on" / CONFIG_NAME).read_text())["camera_rope_depth"] == 8.0
     assert VideoTransformer.from_pretrained(tmp_path / "on").config.camera_rope_depth == 8.0
     assert VideoTransformer.from_pretrained(tmp_path / "off").config.camera_rope_depth is None
+
+
+@pytest.mark.parametrize("depth", [0.0, -2.0, float("nan"), "8"])
+def test_bad_camera_rope_depth_is_refused(depth):
+    with pytest.raises(ValueError, match="camera_rope_depth"):
+        VideoTransformer.from_config({**TINY, "camera_rope_depth": depth})

@@ -555,3 +555,8 @@ def _check_config(c: VideoTransformerConfig) -> None:
         raise ValueError(
             f"attention_head_dim={c.attention_head_dim} must be a multiple of 16 for the 3D RoPE split"
         )
+    depth = c.camera_rope_depth
+    if depth is not None and not (isinstance(depth, (int, float)) and math.isfinite(depth) and depth > 0):
+        raise ValueError(
+            f"camera_rope_depth={depth!r}: must be a positive number (pose units) or null to turn it off"
+        )
