@@ -184,7 +184,6 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["camera"] = torch.stack([c if c is not None else torch.zeros_like(ref) for c in cameras])
     else:
         batch["camera"] = None
-    batch["camera_poses"] = [
-        it.get("camera_poses") for it in items
-    ]  # per-item pose lists (camera-aware RoPE)
+    # Per-item pose lists (camera-aware RoPE computes each sample's motion from them).
+    batch["camera_poses"] = [it.get("camera_poses") for it in items]
     return batch

@@ -190,20 +190,26 @@ def rotary_embedding(
     def positions(start: float, stop: float, n: int) -> torch.Tensor:
         return torch.linspace(start, stop * (n - 1) / n, n, dtype=torch.float32, device=device)
 
-    def angles(pos: torch.Tensor, dim: int) -> torch.Tensor:
-        exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
-        return torch.outer(pos, 1.0 / (ROPE_THETA**exponents))
-
     dim_t, dim_hw = head_dim // 4, head_dim // 8 * 3
     if camera_motion is not None:
         return _camera_rope(
             camera_motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, (top, left, bottom, right)
         )
-    a_t = angles(positions(0, frames, frames), dim_t)[:, None, None, :].expand(-1, grid_h, grid_w, -1)
-    a_y = angles(positions(top, bottom, grid_h), dim_hw)[None, :, None, :].expand(frames, -1, grid_w, -1)
-    a_x = angles(positions(left, right, grid_w), dim_hw)[None, None, :, :].expand(frames, grid_h, -1, -1)
+    a_t = _rope_angles(positions(0, frames, frames), dim_t)[:, None, None, :].expand(-1, grid_h, grid_w, -1)
+    a_y = _rope_angles(positions(top, bottom, grid_h), dim_hw)[None, :, None, :].expand(
+        frames, -1, grid_w, -1
+    )
+    a_x = _rope_angles(positions(left, right, grid_w), dim_hw)[None, None, :, :].expand(
+        frames, grid_h, -1, -1
+    )
     theta = torch.cat([a_t, a_y, a_x], dim=-1).flatten(0, 2)
     return torch.polar(torch.ones_like(theta), theta)
+
+
+def _rope_angles(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """RoPE angles (..., dim / 2) for positions of any shape."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim
+    return pos[..., None] * (1.0 / (ROPE_THETA**exponents))
 
 
 def _camera_rope(motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, box):
@@ -216,10 +222,6 @@ def _camera_rope(motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, box)
 
     def step(start: float, stop: float, n: int) -> float:  # plain positions: linspace(start, stop (n-1)/n, n)
         return (stop * (n - 1) / n - start) / (n - 1) if n > 1 else 0.0
-
-    def angles(pos: torch.Tensor, dim: int) -> torch.Tensor:
-        exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
-        return pos[..., None] * (1.0 / (ROPE_THETA**exponents))
 
     # Token centres in latent cells, relative to the grid centre; back through the similarity to frame 0.
     ys = (
@@ -240,9 +242,10 @@ def _camera_rope(motion, frames, grid_h, grid_w, dim_t, dim_hw, patch_size, box)
     pos_t = torch.arange(frames, dtype=torch.float32, device=device)[None, :, None, None].expand(
         b, -1, grid_h, grid_w
     )
-    theta = torch.cat([angles(pos_t, dim_t), angles(pos_y, dim_hw), angles(pos_x, dim_hw)], dim=-1).flatten(
-        1, 3
+    theta = torch.cat(
+        [_rope_angles(pos_t, dim_t), _rope_angles(pos_y, dim_hw), _rope_angles(pos_x, dim_hw)], -1
     )
+    theta = theta.flatten(1, 3)
     return torch.polar(torch.ones_like(theta), theta)
 
 
@@ -516,9 +519,9 @@ class VideoTransformer(ModelMixin):
         video = self.proj(x.transpose(1, 2).flatten(0, 1).to(dtype))  # (B*F, dim, h/p, w/p)
         video = video.flatten(2).transpose(1, 2).reshape(batch, -1, dim).float()
         text = self.text_proj(text_states.to(dtype)).float()
-        if c.camera_rope_depth is None or camera_motion is None:
-            camera_motion = None
-        else:
+        if c.camera_rope_depth is None:
+            camera_motion = None  # only camera-aware models read it
+        elif camera_motion is not None:
             camera_motion = camera_motion.to(device).expand(batch, -1, -1)
         rope = rotary_embedding(frames, grid_h, grid_w, c.attention_head_dim, p, device, camera_motion)
         attend = get_attention_backend(self.attention_backend)

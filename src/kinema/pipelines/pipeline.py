@@ -446,6 +446,7 @@ class VideoPipeline:
             camera_latents,
             camera_preset,
             canny_video,
+            latent_plane_motion,
             load_tracks,
             plucker_embedding,
             read_pose_file,
@@ -521,8 +522,6 @@ class VideoPipeline:
             cond.camera = camera_latents(plucker, lat_f, height // s, width // s)[None]
             depth = getattr(self.transformer.config, "camera_rope_depth", None)
             if depth is not None:
-                from kinema.control.camera import latent_plane_motion
-
                 cond.camera_motion = latent_plane_motion(
                     poses, height, width, depth, lat_f, self.vae_temporal_factor, s
                 )[None]

@@ -172,9 +172,8 @@ PRESET_PLANE_DEPTH = 8.0
 
 
 def _preset_magnitude(label: str, frames: int, speed: float) -> float:
-    s, tx, ty = control_camera.plane_motion(
-        control_camera.camera_preset(label, frames, speed=speed), 64, 64, PRESET_PLANE_DEPTH
-    )[-1]
+    preset = control_camera.camera_preset(label, frames, speed=speed)
+    s, tx, ty = control_camera.plane_motion([preset[0], preset[-1]], 64, 64, PRESET_PLANE_DEPTH)[-1]
     return float(np.hypot(tx, ty)) if label.startswith("pan_") else abs(float(np.log(s)))
 
 
