@@ -462,3 +462,40 @@ def test_plane_motion_of_presets_pans_and_zooms_a_plane_at_the_given_depth():
     np.testing.assert_allclose(lat[2].numpy(), [1.0, left[5:9, 1].mean() / 8, 0.0], atol=1e-5)
     with pytest.raises(ValueError, match="depth must be > 0"):
         plane_motion(camera_preset("pan_left", n), 64, 64, 0.0)
+
+
+def test_warped_noise_is_standard_normal_and_moves_with_the_camera():
+    from kinema.control import warped_noise
+
+    shape = (4, 5, 8, 8)
+    still = torch.tensor([[1.0, 0.0, 0.0]]).expand(5, 3)
+    n = warped_noise(still, shape, torch.Generator().manual_seed(0))
+    assert n.shape == shape and all(torch.equal(n[:, k], n[:, 0]) for k in range(5))  # static: one field
+    pan = torch.tensor([[1.0, 0, 0], [1.0, 1, 0], [1.0, 2, -1], [1.0, 0.5, 0], [1.0, 0.25, 0.75]])
+    n = warped_noise(pan, shape, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(n[:, 1, :, 1:], n[:, 0, :, :-1], rtol=0, atol=0)  # content moved 1 cell right
+    torch.testing.assert_close(n[:, 2, :-1, 2:], n[:, 0, 1:, :-2], rtol=0, atol=0)  # 2 right, 1 up
+    # Half a cell: each cell shares half its sub-points with its left neighbour in frame 0.
+    corr = (n[:, 3, :, 1:] * n[:, 0, :, :-1]).mean() / n[:, 0].var()
+    assert 0.3 < corr < 0.7, corr
+    # Every entry N(0, 1), also under zooms (several sub-points on one canvas value) and sub-cell pans.
+    motions = torch.tensor([[1.0, 0, 0], [1.4, 0.3, 0], [2.0, -0.6, 0.2], [0.7, 0.4, -0.4], [0.5, 1.3, 0.0]])
+    draws = torch.stack(
+        [warped_noise(motions, (2, 5, 8, 8), torch.Generator().manual_seed(s)) for s in range(800)]
+    )
+    var = draws.var(0).mean((0, 2, 3))
+    torch.testing.assert_close(var, torch.ones(5), atol=0.05, rtol=0)
+    assert draws.mean().abs() < 0.02
+    mixed = warped_noise(still, shape, torch.Generator().manual_seed(0), correlation=0.6)
+    corr = (mixed[:, 1] * mixed[:, 0]).mean() / mixed[:, 0].var()
+    assert 0.35 < corr < 0.85 and torch.equal(
+        mixed[:, 0], warped_noise(still, shape, torch.Generator().manual_seed(0))[:, 0]
+    )
+    for bad, rule in (
+        (torch.zeros(5, 3), "scales must be > 0"),
+        (torch.ones(4, 3), r"motion must be \(5, 3\)"),
+    ):
+        with pytest.raises(ValueError, match=rule):
+            warped_noise(bad, shape)
+    with pytest.raises(ValueError, match="correlation"):
+        warped_noise(still, shape, correlation=1.5)

@@ -662,3 +662,31 @@ def test_camera_rope_models_get_the_plane_motion_of_their_poses(pipes, monkeypat
     assert expected[-1, 1] > 0.1  # content moves right by a visible fraction of a cell
     assert seen and all(torch.allclose(m[0], expected) for m in seen)
     assert max_diff(moved, plain) > 1e-3
+
+
+def test_models_trained_on_warped_noise_start_from_noise_warped_along_the_camera(pipes, monkeypatch):
+    """camera_noise_warp_depth (kinema extension): the initial latents are control.noise_warp's noise for the
+    requested camera, drawn first from the caller's generator; other models and explicit latents unchanged."""
+    from kinema.control import camera_preset, latent_plane_motion, warped_noise
+
+    pipe = pipes["camera"]
+    tr = pipe.transformer
+    first: list = []
+    original = tr.forward
+
+    def spy(latents, *args, **kwargs):
+        first.append(latents[:1].clone())
+        return original(latents, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "forward", spy)
+    pipe("a street", camera="pan_left", generator=gen(12), output_type="latent", **COMMON)
+    plain = first[0]
+    first.clear()
+    monkeypatch.setattr(tr.config, "camera_noise_warp_depth", 4.0)
+    pipe("a street", camera="pan_left", generator=gen(12), output_type="latent", **COMMON)
+    f = plain.shape[2]
+    motion = latent_plane_motion(camera_preset("pan_left", FRAMES), H, W, 4.0, f)
+    assert motion[-1, 1] > 0.1
+    expected = warped_noise(motion, tuple(plain.shape[1:]), gen(12))
+    torch.testing.assert_close(first[0][0], expected, rtol=0, atol=0)
+    assert max_diff(first[0], plain) > 0.5

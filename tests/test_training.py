@@ -937,3 +937,49 @@ def test_camera_rope_depth_turns_on_camera_aware_rope_in_camera_training(
         make_trainer(
             make_config(tmp_path, data_root, model={"camera_rope_depth": 6.0}), text_encoder, vae
         ).setup()
+
+
+def test_camera_noise_warp_depth_trains_on_noise_warped_along_each_clips_camera(
+    tmp_path, data_root, text_encoder, vae, monkeypatch
+):
+    import kinema.control.noise_warp as noise_warp
+    import kinema.training.trainer as trainer_module
+    from kinema.control.camera import latent_plane_motion, read_pose_file
+
+    config = make_config(
+        tmp_path, data_root, mode="camera", model={"camera_noise_warp_depth": 1.0},
+        control={"control_dropout": 1.0},  # warped by the true camera even where its input is dropped
+    )  # fmt: skip
+    trainer = make_trainer(config, text_encoder, vae).setup()
+    assert trainer.transformer.config.camera_noise_warp_depth == 1.0
+    batch = first_batch(trainer)
+    warps, used = [], []
+    real_warp, real_noisy = noise_warp.warped_noise, trainer_module.noisy_latents
+
+    def spy_warp(motion, shape, generator=None, **kw):
+        warps.append((motion, real_warp(motion, shape, generator, **kw)))
+        return warps[-1][1]
+
+    def spy_noisy(latents, noise, sigmas):
+        used.append(noise)
+        return real_noisy(latents, noise, sigmas)
+
+    monkeypatch.setattr(noise_warp, "warped_noise", spy_warp)
+    monkeypatch.setattr(trainer_module, "noisy_latents", spy_noisy)
+    trainer.compute_loss(batch)
+    req = batch["requests"][0]
+    sample = trainer.stage_data[0][1].samples[req.index]
+    poses = read_pose_file(sample.camera_path)[req.plan.start : req.plan.start + req.plan.frames]
+    f = used[0].shape[2]
+    torch.testing.assert_close(
+        warps[0][0], latent_plane_motion(poses, req.plan.height, req.plan.width, 1.0, f)
+    )
+    assert len(warps) == len(batch["requests"])
+    torch.testing.assert_close(used[0][0], warps[0][1], rtol=0, atol=0)
+    # The same micro-step draws the same noise again (resumable runs repeat their randomness).
+    trainer.compute_loss(batch)
+    torch.testing.assert_close(used[1], used[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="camera_noise_warp_depth is for camera training"):
+        make_trainer(
+            make_config(tmp_path, data_root, model={"camera_noise_warp_depth": 6.0}), text_encoder, vae
+        ).setup()

@@ -427,18 +427,20 @@ def test_camera_motion_changes_only_models_with_camera_rope_depth():
     assert VideoTransformerConfig().camera_rope_depth is None  # official checkpoints: off
 
 
-def test_camera_rope_depth_is_saved_only_when_set(tmp_path):
+@pytest.mark.parametrize("key", ["camera_rope_depth", "camera_noise_warp_depth"])
+def test_camera_extension_keys_are_saved_only_when_set(tmp_path, key):
     _, model = pair()
     model.save_pretrained(tmp_path / "off")
-    assert "camera_rope_depth" not in json.loads((tmp_path / "off" / CONFIG_NAME).read_text())
-    model.config.camera_rope_depth = 8.0
+    assert key not in json.loads((tmp_path / "off" / CONFIG_NAME).read_text())
+    setattr(model.config, key, 8.0)
     model.save_pretrained(tmp_path / "on")
-    assert json.loads((tmp_path / "on" / CONFIG_NAME).read_text())["camera_rope_depth"] == 8.0
-    assert VideoTransformer.from_pretrained(tmp_path / "on").config.camera_rope_depth == 8.0
-    assert VideoTransformer.from_pretrained(tmp_path / "off").config.camera_rope_depth is None
+    assert json.loads((tmp_path / "on" / CONFIG_NAME).read_text())[key] == 8.0
+    assert getattr(VideoTransformer.from_pretrained(tmp_path / "on").config, key) == 8.0
+    assert getattr(VideoTransformer.from_pretrained(tmp_path / "off").config, key) is None
 
 
+@pytest.mark.parametrize("key", ["camera_rope_depth", "camera_noise_warp_depth"])
 @pytest.mark.parametrize("depth", [0.0, -2.0, float("nan"), "8"])
-def test_bad_camera_rope_depth_is_refused(depth):
-    with pytest.raises(ValueError, match="camera_rope_depth"):
-        VideoTransformer.from_config({**TINY, "camera_rope_depth": depth})
+def test_bad_camera_extension_depths_are_refused(key, depth):
+    with pytest.raises(ValueError, match=key):
+        VideoTransformer.from_config({**TINY, key: depth})

@@ -30,6 +30,7 @@ from kinema.control.edges import (
     validate_control_type,
     validate_control_video,
 )
+from kinema.control.noise_warp import warped_noise
 from kinema.control.trajectory import (
     Track,
     TrackError,
@@ -71,5 +72,6 @@ __all__ = [
     "save_tracks",
     "validate_control_type",
     "validate_control_video",
+    "warped_noise",
     "write_pose_file",
 ]

@@ -80,6 +80,10 @@ class VideoTransformerConfig:
     # world, i.e. moving on screen as the camera says. Callers pass ``camera_motion`` (control.camera.
     # latent_plane_motion at this depth); docs/shapesworld-model.md, "Session 12".
     camera_rope_depth: float | None = None
+    # kinema extension (None = off): the model was trained on camera-warped noise (control.noise_warp) at
+    # this plane depth, so the pipeline warps its initial noise along the requested camera. The transformer
+    # itself does not read it; it travels with the weights because sampling must match training.
+    camera_noise_warp_depth: float | None = None
 
 
 # Keys of the official V5.1 configs that diffusers ignores. With these values they change nothing; other
@@ -405,7 +409,10 @@ class VideoTransformer(ModelMixin):
     config_class = VideoTransformerConfig
     diffusers_class_name = "EasyAnimateTransformer3DModel"
     ignored_config_keys = frozenset(_INERT_OFFICIAL_KEYS)
-    extension_config_keys = ("camera_rope_depth",)  # kinema's own fields (see VideoTransformerConfig)
+    extension_config_keys = (
+        "camera_rope_depth",
+        "camera_noise_warp_depth",
+    )  # kinema's own fields (see VideoTransformerConfig)
 
     def __init__(self, config: VideoTransformerConfig):
         super().__init__()
@@ -558,8 +565,9 @@ def _check_config(c: VideoTransformerConfig) -> None:
         raise ValueError(
             f"attention_head_dim={c.attention_head_dim} must be a multiple of 16 for the 3D RoPE split"
         )
-    depth = c.camera_rope_depth
-    if depth is not None and not (isinstance(depth, (int, float)) and math.isfinite(depth) and depth > 0):
-        raise ValueError(
-            f"camera_rope_depth={depth!r}: must be a positive number (pose units) or null to turn it off"
-        )
+    for key in ("camera_rope_depth", "camera_noise_warp_depth"):
+        depth = getattr(c, key)
+        if depth is not None and not (isinstance(depth, (int, float)) and math.isfinite(depth) and depth > 0):
+            raise ValueError(
+                f"{key}={depth!r}: must be a positive number (pose units) or null to turn it off"
+            )

@@ -88,6 +88,7 @@ class _Conditioning:
     control: torch.Tensor | None = None  # (1, 3, F, H, W) control video in [-1, 1]
     camera: torch.Tensor | None = None  # (1, 6, f, h, w) camera latents
     camera_motion: torch.Tensor | None = None  # (1, f, 3) for camera-aware RoPE models (camera_rope_depth)
+    noise_motion: torch.Tensor | None = None  # (f, 3) for models trained on camera-warped noise
     reference: torch.Tensor | None = None  # (1, 3, 1, H, W)
     mode: str = "t2v"
 
@@ -525,6 +526,11 @@ class VideoPipeline:
                 cond.camera_motion = latent_plane_motion(
                     poses, height, width, depth, lat_f, self.vae_temporal_factor, s
                 )[None]
+            depth = getattr(self.transformer.config, "camera_noise_warp_depth", None)
+            if depth is not None:
+                cond.noise_motion = latent_plane_motion(
+                    poses, height, width, depth, lat_f, self.vae_temporal_factor, s
+                )
         if ref_v is not None:
             cond.reference = _resize(ref_v, height, width)
         return cond
@@ -876,7 +882,16 @@ class VideoPipeline:
 
         # Random draws, in this order from the generator: initial noise, masked-video augmentation, then
         # the V2V posterior sample (diffusers draws the latter from the global RNG, first).
-        noise = latents if latents is not None else torch.randn((batch, *latent_shape), generator=generator)
+        if latents is not None:
+            noise = latents
+        elif cond.noise_motion is not None:  # a model trained on camera-warped noise (control.noise_warp)
+            from kinema.control import warped_noise
+
+            noise = torch.stack(
+                [warped_noise(cond.noise_motion, latent_shape, generator) for _ in range(batch)]
+            )
+        else:
+            noise = torch.randn((batch, *latent_shape), generator=generator)
         noise = noise.to(self.device, torch.float32)
         inpaint_latents, control_latents = self._condition_latents(
             cond, batch, latent_shape, generator, noise_aug_strength

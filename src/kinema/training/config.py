@@ -59,6 +59,9 @@ class ModelConfig:
     # Camera models: turn on (or change) the transformer's camera-aware RoPE (VideoTransformerConfig.
     # camera_rope_depth, a kinema extension) on a loaded checkpoint; saved with the trained weights.
     camera_rope_depth: float | None = None
+    # Camera models: train on noise warped along the camera at this plane depth (control.noise_warp; saved
+    # as the transformer's camera_noise_warp_depth, so the pipeline warps its initial noise the same way).
+    camera_noise_warp_depth: float | None = None
     init_seed: int = 0  # seed for randomly initialised parts
 
 

@@ -35,6 +35,7 @@ class StepContext:
     config: RunConfig
     stats: dict[str, float] = field(default_factory=dict)  # per-batch counters for the log
     camera_rope_depth: float | None = None  # the transformer's camera-aware RoPE depth (None: off)
+    camera_noise_warp_depth: float | None = None  # camera-warped training noise at this depth (None: off)
 
 
 class ModeSpec:
@@ -50,6 +51,10 @@ class ModeSpec:
 
     def conditioning(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return {}
+
+    def noise(self, ctx: StepContext) -> torch.Tensor:
+        """The flow-matching noise of the batch, shaped like ``ctx.latents`` (independent per element)."""
+        return ctx.rand.randn("noise", tuple(ctx.latents.shape[1:]))
 
 
 class T2VMode(ModeSpec):
@@ -135,19 +140,44 @@ class CameraMode(ModeSpec):
         ref = ref * _dropout(ctx, "reference_drop", cfg.reference_dropout, device)
         out = {"control_latents": torch.cat([camera.to(ref.dtype), ref], dim=1).to(ctx.latents.dtype)}
         if ctx.camera_rope_depth is not None:
-            out["camera_motion"] = self._motion(ctx, keep.view(-1), f, h, w)
+            out["camera_motion"] = self._motion(ctx, ctx.camera_rope_depth, keep.view(-1) > 0, f, h, w)
         return out
 
+    def noise(self, ctx: StepContext) -> torch.Tensor:
+        """Noise warped along each clip's camera (control.noise_warp) when the model trains that way; the
+        true camera even where its input is dropped, since sampling warps the unconditional branch's noise
+        too. Clips without poses get independent noise."""
+        depth = ctx.camera_noise_warp_depth
+        if depth is None:
+            return super().noise(ctx)
+        from kinema.control.noise_warp import warped_noise
+
+        shape = tuple(ctx.latents.shape[1:])
+        has_poses = torch.tensor([p is not None for p in self._poses(ctx)])
+        motion = self._motion(ctx, depth, has_poses, shape[1], shape[2], shape[3])
+        rows = [
+            warped_noise(m, shape, g) if ok else torch.randn(shape, generator=g)
+            for m, ok, g in zip(motion, has_poses, ctx.rand.generators("noise"), strict=True)
+        ]
+        return torch.stack(rows)
+
     @staticmethod
-    def _motion(ctx: StepContext, keep: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
-        """(B, f, 3) camera_motion for camera-aware RoPE; identity where the camera is dropped or absent."""
+    def _poses(ctx: StepContext) -> list:
+        return ctx.batch.get("camera_poses") or [None] * ctx.latents.shape[0]
+
+    @classmethod
+    def _motion(
+        cls, ctx: StepContext, depth: float, use: torch.Tensor, f: int, h: int, w: int
+    ) -> torch.Tensor:
+        """(B, f, 3) background screen motion at ``depth`` (latent_plane_motion); identity where ``use`` is
+        False or the clip has no poses."""
         from kinema.control.camera import latent_plane_motion
 
         plan, g = ctx.batch["plan"], ctx.config
         pose_size = (g.control.pose_height, g.control.pose_width)
         rows = []
-        for i, poses in enumerate(ctx.batch.get("camera_poses") or [None] * len(keep)):
-            if poses is None or keep[i] == 0:
+        for i, poses in enumerate(cls._poses(ctx)):
+            if poses is None or not use[i]:
                 rows.append(torch.tensor([[1.0, 0.0, 0.0]]).expand(f, 3))
             else:
                 rows.append(
@@ -155,13 +185,13 @@ class CameraMode(ModeSpec):
                         poses,
                         plan.height,
                         plan.width,
-                        ctx.camera_rope_depth,
+                        depth,
                         f,
                         pose_size=pose_size,
                         spatial=plan.height // h,
-                    )  # fmt: skip
+                    )
                 )
-        return torch.stack(rows).to(keep.device)
+        return torch.stack(rows).to(ctx.latents.device)
 
 
 class VAEMode(ModeSpec):

@@ -217,16 +217,15 @@ class Trainer:
                         **m.transformer_config,
                     }
                     transformer = VideoTransformer.from_config(cfg)
-        if m.camera_rope_depth is not None:
+        for key in ("camera_rope_depth", "camera_noise_warp_depth"):
+            depth = getattr(m, key)
+            if depth is None:
+                continue
             if self.mode.name != "camera":
-                raise ValueError(
-                    f"model.camera_rope_depth is for camera training; this run's mode is {self.mode.name!r}"
-                )
-            if not m.camera_rope_depth > 0:
-                raise ValueError(
-                    f"model.camera_rope_depth must be > 0 (pose units), got {m.camera_rope_depth}"
-                )
-            transformer.config.camera_rope_depth = float(m.camera_rope_depth)
+                raise ValueError(f"model.{key} is for camera training; this run's mode is {self.mode.name!r}")
+            if not depth > 0:
+                raise ValueError(f"model.{key} must be > 0 (pose units), got {depth}")
+            setattr(transformer.config, key, float(depth))
         self._check_transformer(transformer)
         transformer.train()
         if c.train.gradient_checkpointing:
@@ -635,10 +634,13 @@ class Trainer:
                 .chunk(2, dim=1)[0] * self.scaling_factor,
                 scaling_factor=self.scaling_factor, config=c,
                 camera_rope_depth=getattr(getattr(self.transformer, "config", None), "camera_rope_depth", None),
+                camera_noise_warp_depth=getattr(
+                    getattr(self.transformer, "config", None), "camera_noise_warp_depth", None
+                ),
             )  # fmt: skip
             cond = self.mode.conditioning(ctx)
             sigmas = sample_sigmas(rand, c.flow).to(device)
-            noise = rand.randn("noise", tuple(latents.shape[1:]), device=device)
+            noise = self.mode.noise(ctx).to(device)
             x_t, target = noisy_latents(latents, noise, sigmas)
         forward = self.train_model if self.compiled_forward is None else self.compiled_forward
         pred = forward(x_t, sigmas * 1000, text, **cond)
