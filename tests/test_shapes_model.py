@@ -170,12 +170,25 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     from kinema.shapes.recipe import export_family
 
     runs = tmp_path / "runs"
-    for run, kind in (("inp", "inp"), ("control", "control"), ("camera", "camera")):
+    for run, kind in (("t2v_p1", "t2v"), ("inp", "inp"), ("control", "control"), ("camera", "camera")):
         model = build_random_model(tmp_path / kind, kind, seed=1)
         shutil.copytree(model / "transformer", runs / run / "final" / "transformer_ema")
     shutil.copytree(tmp_path / "inp" / "vae", runs / "vae_decoder" / "final" / "vae_ema")
     shutil.copytree(tmp_path / "inp" / "text_encoder", tmp_path / "text" / "text_encoder")
     out = export_family(runs, tmp_path / "export", text_encoder=tmp_path / "text")
+    # The InP member is blended half-way with the T2V base (WiSE-FT); control and camera are as trained.
+    from kinema.models import VideoTransformer
+    from kinema.training import interpolate_weights
+
+    inp, base = (
+        VideoTransformer.from_pretrained(runs / r / "final" / "transformer_ema") for r in ("inp", "t2v_p1")
+    )
+    blended = interpolate_weights(inp, base, 0.5).to(torch.bfloat16).state_dict()
+    exported = VideoTransformer.from_pretrained(out / "transformer").state_dict()
+    assert all(torch.equal(exported[k].to(torch.bfloat16), v) for k, v in blended.items())
+    assert not torch.equal(
+        exported["proj.weight"], inp.state_dict()["proj.weight"].to(torch.bfloat16).float()
+    )
     assert not (out / "tokenizer" / "tokenizer.json").exists()  # named, rebuilt from qwen.tiktoken
     for name in ("transformer", "transformer_control", "transformer_camera"):
         with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as f:

@@ -444,3 +444,36 @@ def test_camera_extension_keys_are_saved_only_when_set(tmp_path, key):
 def test_bad_camera_extension_depths_are_refused(key, depth):
     with pytest.raises(ValueError, match=key):
         VideoTransformer.from_config({**TINY, key: depth})
+
+
+def test_interpolate_weights_blends_a_branch_with_its_base_and_keeps_added_input_channels():
+    from kinema.training import interpolate_weights
+
+    torch.manual_seed(0)
+    base = VideoTransformer.from_config(TINY).eval()
+    branch = VideoTransformer.from_config({**TINY, "in_channels": 33}).eval()  # an InP branch: 17 new inputs
+    with torch.no_grad():
+        for p in branch.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    half = interpolate_weights(branch, base, 0.5)
+    name = "transformer_blocks.0.attn1.to_q.weight"
+    b, f, h = base.state_dict(), branch.state_dict(), half.state_dict()
+    torch.testing.assert_close(h[name], (b[name] + f[name]) / 2)
+    torch.testing.assert_close(h["proj.weight"][:, :16], (b["proj.weight"] + f["proj.weight"][:, :16]) / 2)
+    torch.testing.assert_close(h["proj.weight"][:, 16:], f["proj.weight"][:, 16:], rtol=0, atol=0)
+    assert half.config.in_channels == 33 and branch.state_dict()[name].equal(f[name])  # inputs untouched
+    # alpha 0 is the base on the channels they share: with zero inpaint latents, the base's output.
+    x, text = torch.randn(1, 16, 2, 8, 8), torch.randn(1, 5, 24)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        zero = torch.zeros(1, 17, 2, 8, 8)
+        torch.testing.assert_close(
+            interpolate_weights(branch, base, 0.0)(x, t, text, inpaint_latents=zero), base(x, t, text)
+        )
+        torch.testing.assert_close(interpolate_weights(branch, base, 1.0)(x, t, text, inpaint_latents=zero),
+                                   branch(x, t, text, inpaint_latents=zero), rtol=0, atol=0)  # fmt: skip
+    with pytest.raises(ValueError, match="alpha must be in"):
+        interpolate_weights(branch, base, 1.5)
+    other = VideoTransformer.from_config({**TINY, "num_layers": 1, "mmdit_layers": 1})
+    with pytest.raises(ValueError, match="differ in parameters"):
+        interpolate_weights(branch, other, 0.5)

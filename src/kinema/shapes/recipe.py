@@ -215,13 +215,25 @@ def finalize_vae(
     return {"latent_std": std, "scaling_factor": round(1.0 / std, 4)}
 
 
-def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -> Path:
-    """Assemble the embedded model family from the recipe's run folders (see kinema.shapes.embedded)."""
+# The exported InP model is WiSE-FT-blended half-way with the T2V base it branched from (kinema.training.
+# wise_ft): on 64 held-out prompts T2V shape / direction 84.4 / 79.7 % against 82.8 / 73.4 % unblended,
+# I2V about equal (docs/shapesworld-model.md, "Session 13").
+INP_BASE_ALPHA = 0.5
+
+
+def export_family(
+    runs: str | Path, out: str | Path, text_encoder: str | Path, inp_alpha: float = INP_BASE_ALPHA
+) -> Path:
+    """Assemble the embedded model family from the recipe's run folders (see kinema.shapes.embedded).
+
+    ``inp_alpha`` < 1 blends the InP branch with its T2V base (``runs/t2v_p1``): ``alpha * inp + (1 -
+    alpha) * base``."""
     import torch
 
     from kinema.models import VideoTransformer
     from kinema.pipelines.random_model import OFFICIAL_SCHEDULER_CONFIG, PIPELINE_CLASS
     from kinema.text import write_tokenizer_reference
+    from kinema.training import interpolate_weights
 
     runs, out = Path(runs), Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -244,9 +256,12 @@ def export_family(runs: str | Path, out: str | Path, text_encoder: str | Path) -
         ("control", "transformer_control"),
         ("camera", "transformer_camera"),
     ):
-        VideoTransformer.from_pretrained(final(run, "transformer")).to(torch.bfloat16).save_pretrained(
-            tmp / name
-        )
+        model = VideoTransformer.from_pretrained(final(run, "transformer"))
+        if run == "inp" and inp_alpha < 1:
+            model = interpolate_weights(
+                model, VideoTransformer.from_pretrained(final("t2v_p1", "transformer")), inp_alpha
+            )
+        model.to(torch.bfloat16).save_pretrained(tmp / name)
     shutil.copytree(Path(text_encoder) / "text_encoder", tmp / "text_encoder")
     # The tokenizer is named, not stored (18.7 MB): rebuilt from qwen.tiktoken when loaded.
     write_tokenizer_reference(tmp / "tokenizer")
@@ -307,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs")
     p.add_argument("out")
     p.add_argument("--text-encoder", required=True)
+    p.add_argument(
+        "--inp-alpha",
+        type=float,
+        default=INP_BASE_ALPHA,
+        help="InP weight against its T2V base (1: InP alone)",
+    )
     args = parser.parse_args(argv)
     if args.command == "data":
         if args.simple_clips is not None and args.simple_clips < 0:
@@ -343,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
 
         build_text_encoder(args.out, args.data, args.steps, args.seed, args.more_steps)
     else:
-        print(export_family(args.runs, args.out, args.text_encoder))
+        if not 0 <= args.inp_alpha <= 1:
+            print(
+                f"error: --inp-alpha must be in [0, 1] (1: the InP branch alone), got {args.inp_alpha}",
+                file=sys.stderr,
+            )
+            return 2
+        print(export_family(args.runs, args.out, args.text_encoder, args.inp_alpha))
     return 0
 
 

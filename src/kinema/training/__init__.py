@@ -18,6 +18,7 @@ _LAZY = {
     "load_lora": ".lora",
     "save_lora": ".lora",
     "get_mode": ".modes",
+    "interpolate_weights": ".wise_ft",
 }
 
 __all__ = list(_LAZY)
