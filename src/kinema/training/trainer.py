@@ -627,16 +627,15 @@ class Trainer:
             text = torch.where(drop.to(device).view(-1, 1, 1), self._empty_embedding().expand_as(text), text)
             if batch["pixels"] is not None:
                 batch["pixels"] = batch["pixels"].to(device)
+            tcfg = getattr(self.transformer, "config", None)  # camera extensions (VideoTransformerConfig)
             ctx = StepContext(
                 batch=batch, rand=rand, latents=latents, latent_mean=mean * self.scaling_factor,
                 encode_mode=self._encode_mode,
                 control_latents=lambda: self._moments(batch, "control_pixels", "cached_control", "control_key")
                 .chunk(2, dim=1)[0] * self.scaling_factor,
                 scaling_factor=self.scaling_factor, config=c,
-                camera_rope_depth=getattr(getattr(self.transformer, "config", None), "camera_rope_depth", None),
-                camera_noise_warp_depth=getattr(
-                    getattr(self.transformer, "config", None), "camera_noise_warp_depth", None
-                ),
+                camera_rope_depth=getattr(tcfg, "camera_rope_depth", None),
+                camera_noise_warp_depth=getattr(tcfg, "camera_noise_warp_depth", None),
             )  # fmt: skip
             cond = self.mode.conditioning(ctx)
             sigmas = sample_sigmas(rand, c.flow).to(device)
