@@ -189,6 +189,11 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     assert not torch.equal(
         exported["proj.weight"], inp.state_dict()["proj.weight"].to(torch.bfloat16).float()
     )
+    from kinema.shapes.recipe import main
+
+    assert main(["export", str(runs), str(tmp_path / "bad"), "--text-encoder", str(tmp_path / "text"),
+                 "--inp-alpha", "1.5"]) == 2  # fmt: skip
+    assert not (tmp_path / "bad").exists()
     assert not (out / "tokenizer" / "tokenizer.json").exists()  # named, rebuilt from qwen.tiktoken
     for name in ("transformer", "transformer_control", "transformer_camera"):
         with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as f:
