@@ -216,8 +216,8 @@ def finalize_vae(
 
 
 # The exported InP model is WiSE-FT-blended half-way with the T2V base it branched from (kinema.training.
-# wise_ft): on 64 held-out prompts T2V shape / direction 84.4 / 79.7 % against 82.8 / 73.4 % unblended,
-# I2V about equal (docs/shapesworld-model.md, "Session 13").
+# wise_ft). With the 6900-step base: T2V shape / direction on 64 held-out prompts 84.4 / 79.7 % against
+# 82.8 / 73.4 % unblended; alpha 0.5 was set beforehand, not tuned (docs/shapesworld-model.md, "Session 13").
 INP_BASE_ALPHA = 0.5
 
 

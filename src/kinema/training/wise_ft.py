@@ -2,9 +2,9 @@
 Wortsman et al. 2022): ``theta = alpha * fine_tuned + (1 - alpha) * base``.
 
 A branch (InP from the T2V base, say) gains its new skill and drifts on the old one; the interpolated
-weights usually keep most of both. On ShapesWorld the InP branch blended half-way with its T2V base
-scored T2V shape / direction 84.4 / 79.7 % on 64 held-out prompts, against 82.8 / 73.4 % for the branch
-and 79.7 / 78.1 % for the base (docs/shapesworld-model.md, "Session 13").
+weights usually keep most of both. On ShapesWorld the InP branch blended half-way with its 6900-step
+T2V base scored T2V shape / direction 84.4 / 79.7 % on 64 held-out prompts, against 82.8 / 73.4 % for the
+branch and 79.7 / 78.1 % for the base (docs/shapesworld-model.md, "Session 13").
 
 Input channels a branch added (``model.expand_input_channels``: the InP mask and masked-video latents,
 control latents) have no counterpart in the base; they keep the fine-tuned weights, and the channels both
