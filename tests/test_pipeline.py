@@ -666,7 +666,7 @@ def test_camera_rope_models_get_the_plane_motion_of_their_poses(pipes, monkeypat
 
 def test_models_trained_on_warped_noise_start_from_noise_warped_along_the_camera(pipes, monkeypatch):
     """camera_noise_warp_depth (kinema extension): the initial latents are control.noise_warp's noise for the
-    requested camera, drawn first from the caller's generator; other models and explicit latents unchanged."""
+    requested camera, drawn first from the caller's generator; a model without it gets plain noise."""
     from kinema.control import camera_preset, latent_plane_motion, warped_noise
 
     pipe = pipes["camera"]

@@ -221,6 +221,11 @@ def finalize_vae(
 INP_BASE_ALPHA = 0.5
 
 
+def check_inp_alpha(alpha: float) -> None:
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"--inp-alpha must be in [0, 1] (1: the InP branch alone), got {alpha}")
+
+
 def export_family(
     runs: str | Path, out: str | Path, text_encoder: str | Path, inp_alpha: float = INP_BASE_ALPHA
 ) -> Path:
@@ -235,6 +240,7 @@ def export_family(
     from kinema.text import write_tokenizer_reference
     from kinema.training import interpolate_weights
 
+    check_inp_alpha(inp_alpha)  # before anything is written
     runs, out = Path(runs), Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -364,11 +370,10 @@ def main(argv: list[str] | None = None) -> int:
 
         build_text_encoder(args.out, args.data, args.steps, args.seed, args.more_steps)
     else:
-        if not 0 <= args.inp_alpha <= 1:
-            print(
-                f"error: --inp-alpha must be in [0, 1] (1: the InP branch alone), got {args.inp_alpha}",
-                file=sys.stderr,
-            )
+        try:
+            check_inp_alpha(args.inp_alpha)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
         print(export_family(args.runs, args.out, args.text_encoder, args.inp_alpha))
     return 0

@@ -25,31 +25,30 @@ def interpolate_weights(fine_tuned: torch.nn.Module, base: torch.nn.Module, alph
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (1 = the fine-tuned weights), got {alpha}")
     ft_state, base_state = fine_tuned.state_dict(), base.state_dict()
-    missing = sorted(set(ft_state) ^ set(base_state))
-    if missing:
+    differ = sorted(set(ft_state) ^ set(base_state))
+    if differ:
         raise ValueError(
-            f"the models differ in parameters {missing[:3]}: interpolate a branch with the model it was "
+            f"the models differ in parameters {differ[:3]}: interpolate a branch with the model it was "
             "branched from (same architecture)"
         )
     out = {}
     for name, w in ft_state.items():
         b = base_state[name]
-        if w.shape == b.shape:
-            out[name] = (alpha * w.float() + (1 - alpha) * b.float()).to(w.dtype)
-        elif (
+        widened = (
             w.dim() >= 2
             and w.shape[0] == b.shape[0]
             and w.shape[2:] == b.shape[2:]
             and w.shape[1] > b.shape[1]
-        ):
-            mixed = w.float().clone()
-            mixed[:, : b.shape[1]] = alpha * mixed[:, : b.shape[1]] + (1 - alpha) * b.float()
-            out[name] = mixed.to(w.dtype)
-        else:
+        )
+        if w.shape != b.shape and not widened:
             raise ValueError(
                 f"{name}: shape {tuple(w.shape)} against the base's {tuple(b.shape)}; only added input "
                 "channels (dim 1) may differ"
             )
+        mixed = w.float().clone()
+        shared = mixed[:, : b.shape[1]] if widened else mixed  # a view: blended in place
+        shared.mul_(alpha).add_(b.float(), alpha=1 - alpha)
+        out[name] = mixed.to(w.dtype)
     blended = copy.deepcopy(fine_tuned)
     blended.load_state_dict(out)
     return blended
