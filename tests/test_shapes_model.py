@@ -114,6 +114,45 @@ def test_bold_textures_keep_the_scene_and_enlarge_the_texture():
         assert result.camera_ok and all(o.color_ok for o in result.objects) and result.extra_objects == 0
 
 
+def test_floor_is_one_checkerboard_fixed_in_the_world(tmp_path):
+    """Floor scenes: whatever the seed, frame 0 shows the same light/dark squares (the pattern follows from the
+    camera alone), light squares lighter by FLOOR_CONTRAST, below the foreground threshold, so the evaluator
+    reads the camera and the objects' colours; later frames show the squares moved with the camera."""
+    from kinema.shapes import evaluate_clip
+    from kinema.shapes.color import srgb_to_lab
+    from kinema.shapes.detect import FG_THRESHOLD
+    from kinema.shapes.recipe import prepare_camera_data
+    from kinema.shapes.world import FLOOR_CONTRAST, FLOOR_SQUARE_PX, focal_px, render_scene, sample_scene
+
+    ys, xs = np.mgrid[0:64, 0:64]
+    wx, wy = (xs + 0.5 - 32) / focal_px(64), (ys + 0.5 - 32) / focal_px(64)  # frame 0: camera at the origin
+    patterns = []
+    for seed in range(6):
+        scene = sample_scene(np.random.default_rng(seed), camera_prob=1.0, floor=True)
+        bg = scene.background
+        assert scene.spec.background == bg.kind == "checker"
+        assert bg.period * focal_px(64) == pytest.approx(FLOOR_SQUARE_PX)
+        base, accent = (srgb_to_lab(np.array(c)[None])[0] for c in (bg.base_rgb, bg.accent_rgb))
+        assert FLOOR_CONTRAST[0] - 0.5 < accent[0] - base[0] < FLOOR_CONTRAST[1] + 0.5
+        assert np.linalg.norm(accent - base) < FG_THRESHOLD
+        patterns.append(bg.texture(wx, wy) > 0.5)
+        clip = render_scene(scene)
+        result = evaluate_clip(clip.frames, clip.spec, {"poses": clip.poses})
+        assert result.camera_ok and all(o.color_ok for o in result.objects) and result.extra_objects == 0
+        assert np.abs(clip.frames[-1].astype(float) - clip.frames[0]).mean() > 5  # the floor moved
+    assert all((p == patterns[0]).all() for p in patterns) and 0.4 < patterns[0].mean() < 0.6
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "metadata.jsonl").write_text("")
+    rows = [
+        json.loads(r) for r in prepare_camera_data(root, 2, seed=1, textures="floor").read_text().splitlines()
+    ]
+    assert len(rows) == 2 and all(r["file_path"].startswith("camera_floor/") and r["spec"]["background"] == "checker"
+                                  for r in rows)  # fmt: skip
+    with pytest.raises(ValueError, match="textures must be"):
+        prepare_camera_data(root, 2, seed=1, textures="tiles")
+
+
 @pytest.mark.parametrize("label", ["pan_left", "pan_up", "zoom_in", "zoom_out"])
 def test_preset_poses_follow_the_label_and_the_clip_speed(label):
     from kinema.control.camera import CameraPose, plane_motion

@@ -80,6 +80,7 @@ def write_dataset(
     mention_background_prob: float = 0.3,
     mention_camera_prob: float = 0.7,
     bold_textures: bool = False,
+    floor: bool = False,
 ) -> Path:
     """Render ``n_clips`` samples into ``out_dir`` and return the path of ``metadata.jsonl``.
 
@@ -107,6 +108,7 @@ def write_dataset(
                 two_object_prob=two_object_prob,
                 camera_prob=0.0 if is_image else camera_prob,
                 bold_textures=bold_textures,
+                floor=floor,
             )
             clip = render_scene(scene)
             spec = clip.spec

@@ -127,24 +127,30 @@ def _add_control_videos(root: Path, records: list[dict]) -> list[dict]:
 CAMERA_STATIC_SHARE = 0.15
 
 
-def prepare_camera_data(root: str | Path, clips: int, seed: int) -> Path:
+def prepare_camera_data(root: str | Path, clips: int, seed: int, textures: str = "bold") -> Path:
     """``metadata_camera.jsonl``: ``clips`` extra moving-camera clips with bold background textures (in
     ``camera_extra/``; without extra clips, the training set's moving-camera clips) plus 15 % static ones
     from the training set, each with its camera as a preset-convention pose file
     (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes).
 
     Bold textures (``world.BOLD_PERIOD_SCALE``): the default faint, fine textures barely change the latents,
-    so camera motion is a small share of the flow loss (docs/shapesworld-model.md)."""
+    so camera motion is a small share of the flow loss (docs/shapesworld-model.md). ``textures="floor"``
+    films the extra clips over the floor (``world.FLOOR_SQUARE_PX``) instead, in ``camera_floor/``."""
+    if textures not in ("bold", "floor"):
+        raise ValueError(f"textures must be 'bold' or 'floor', got {textures!r}")
     from .camera import preset_poses, read_pose_file, write_pose_file
 
     root = Path(root)
-    extra = root / "camera_extra"
+    extra = root / ("camera_extra" if textures == "bold" else "camera_floor")
     if clips > 0 and not (extra / "metadata.jsonl").is_file():
-        write_dataset(extra, clips, seed=seed, split="train", camera_prob=1.0, bold_textures=True)
+        floor = textures == "floor"
+        write_dataset(
+            extra, clips, seed=seed, split="train", camera_prob=1.0, bold_textures=not floor, floor=floor
+        )
     rows = [r for r in load_metadata(root) if r["type"] == "video"]
     static = [r for r in rows if r["camera"] == "static"]
     if clips > 0:
-        rows = [{**r, "file_path": "camera_extra/" + r["file_path"], "pose_file": "camera_extra/" + r["pose_file"]}
+        rows = [{**r, "file_path": f"{extra.name}/{r['file_path']}", "pose_file": f"{extra.name}/{r['pose_file']}"}
                 for r in load_metadata(extra) if r["type"] == "video"]  # fmt: skip
     moving = [r for r in rows if r["camera"] != "static"]
     n_static = min(len(static), int(round(len(moving) * CAMERA_STATIC_SHARE / (1 - CAMERA_STATIC_SHARE))))
@@ -309,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root")
     p.add_argument("--clips", type=int, default=1500, help="extra moving-camera clips")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--textures", choices=("bold", "floor"), default="bold", help="backgrounds of the extra clips"
+    )
     p = sub.add_parser("inflate-vae", help="image VAE -> video init: temporal taps into the newest tap")
     p.add_argument("src")
     p.add_argument("dst")
@@ -348,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         prepare_data(args.root, args.clips, args.seed, args.image_fraction, simple_clips=args.simple_clips)
     elif args.command == "camera-data":
-        print(prepare_camera_data(args.root, args.clips, args.seed))
+        print(prepare_camera_data(args.root, args.clips, args.seed, args.textures))
     elif args.command == "inflate-vae":
         print(f"{inflate_vae(args.src, args.dst)} causal convs inflated")
     elif args.command == "finalize-vae":

@@ -221,12 +221,33 @@ def render_scene(scene: Scene) -> Clip:
 # latents of an 8x-downsampling VAE, so background motion is a small share of the flow loss.
 BOLD_PERIOD_SCALE = 2.5
 BOLD_CONTRAST_SCALE = 1.6
+# The "floor" (``sample_scene(floor=True)``, the Camera model's clips since session 14): a checkerboard of
+# fixed square size, anchored at the world origin, its light squares always lighter. Where a random texture
+# is drawn, its phase is decided late in sampling by each frame's own noise, so a small model lines it up in
+# place whatever the camera says (docs/shapesworld-model.md, sessions 12-13); on the floor every frame's
+# pattern follows from the camera alone, so it is decided early, where only the camera can place it.
+FLOOR_SQUARE_PX = 16.0  # at 64 px; 2 latent cells of the 8x VAE
+FLOOR_CONTRAST = (8.0, 11.0)  # L* from the dark squares to the light ones (evaluator threshold: 20)
+FLOOR_CHROMA = 4.0  # greyish: the VAE shifts the hue of strong chromatic checkers into false objects
 
 
 def _sample_background(
-    rng: np.random.Generator, kind: str, h: int, w: int, extent: float, bold: bool = False
+    rng: np.random.Generator,
+    kind: str,
+    h: int,
+    w: int,
+    extent: float,
+    bold: bool = False,
+    floor: bool = False,
 ) -> BackgroundInstance:
     f = focal_px(w)
+    if floor:
+        lum = rng.uniform(22, 42)
+        chroma, hue = rng.uniform(0, FLOOR_CHROMA), rng.uniform(0, 2 * np.pi)
+        base = np.array([lum, chroma * np.cos(hue), chroma * np.sin(hue)])
+        accent = base + np.array([rng.uniform(*FLOOR_CONTRAST), 0.0, 0.0])
+        rgb = [tuple(float(v) for v in lab_to_srgb(c)) for c in (base, accent)]
+        return BackgroundInstance("checker", rgb[0], rgb[1], period=FLOOR_SQUARE_PX * min(h, w) / 64 / f)
     m = min(h, w) * (BOLD_PERIOD_SCALE if bold else 1.0)  # periods below scale with m
     lum = rng.uniform(22, 55)
     chroma, hue = rng.uniform(0, 10), rng.uniform(0, 2 * np.pi)
@@ -360,11 +381,13 @@ def sample_scene(
     two_object_prob: float = 0.35,
     camera_prob: float = 0.3,
     bold_textures: bool = False,
+    floor: bool = False,
 ) -> Scene:
     """Sample a scene. Fields that ``spec`` leaves unspecified (or no spec) are drawn from ``rng``.
 
     bold_textures: coarser, stronger background textures (``BOLD_PERIOD_SCALE``, ``BOLD_CONTRAST_SCALE``);
     the same random draws, so a seed gives the same scene with a bolder background.
+    floor: film the scene over the floor (``FLOOR_SQUARE_PX``) whatever background was drawn.
 
     split: "train" (never uses held-out combos), "held_out" (only held-out combos) or "all";
     only applies to objects that are sampled, not to ones given in ``spec``.
@@ -387,7 +410,8 @@ def sample_scene(
     zs = 1.0 - centers[:, 2]
     # World extent visible over the clip (for the noise lattice).
     extent = float(np.abs(centers[:, :2]).max() + zs.max() * max(height, width) / focal_px(width)) + 0.2
-    background = _sample_background(rng, bg_kind, height, width, extent, bold_textures)
+    background = _sample_background(rng, bg_kind, height, width, extent, bold_textures, floor)
+    bg_kind = background.kind
 
     if spec is not None:
         given = [
