@@ -73,9 +73,9 @@ def test_recipe_data_step(tmp_path):
     assert not any(row["held_out"] for row in control)
     samples = load_metadata(root / "metadata_control.jsonl", root)
     assert all(s.control_path is not None and s.control_path.is_file() for s in samples)
-    # Camera data: the moving rows are the 3 extra (bold-texture) clips; static cameras are at most ~15 %.
+    # Camera data: the moving rows are the 3 extra clips (over the floor); static cameras are at most ~15 %.
     moving = [row for row in camera if row["camera"] != "static"]
-    assert len(moving) == 3 and all(row["file_path"].startswith("camera_extra/") for row in moving)
+    assert len(moving) == 3 and all(row["file_path"].startswith("camera_floor/") for row in moving)
     assert len(camera) - len(moving) <= max(1, round(0.15 * len(camera)))
     for row in camera:
         assert (root / row["file_path"]).is_file()
@@ -144,9 +144,7 @@ def test_floor_is_one_checkerboard_fixed_in_the_world(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     (root / "metadata.jsonl").write_text("")
-    rows = [
-        json.loads(r) for r in prepare_camera_data(root, 2, seed=1, textures="floor").read_text().splitlines()
-    ]
+    rows = [json.loads(r) for r in prepare_camera_data(root, 2, seed=1).read_text().splitlines()]
     assert len(rows) == 2 and all(r["file_path"].startswith("camera_floor/") and r["spec"]["background"] == "checker"
                                   for r in rows)  # fmt: skip
     with pytest.raises(ValueError, match="textures must be"):

@@ -24,7 +24,8 @@ the diffusion latents have unit variance.
 ``text-encoder`` pre-trains the small Qwen2-VL text encoder on ShapesWorld prompts (``text_pretrain``: the
 stand-in for V5.1's pretrained LLM), stores it in bf16 with the real tokenizer; it is frozen from then on.
 Every transformer run reads it (``model.text_encoder_path``). ``camera-data`` writes the Camera model's
-metadata: moving cameras over bold textures (85 %), each as a preset-convention pose file.
+metadata: moving cameras over the floor (85 %; bold textures before session 14), each as a
+preset-convention pose file.
 """
 
 from __future__ import annotations
@@ -127,15 +128,16 @@ def _add_control_videos(root: Path, records: list[dict]) -> list[dict]:
 CAMERA_STATIC_SHARE = 0.15
 
 
-def prepare_camera_data(root: str | Path, clips: int, seed: int, textures: str = "bold") -> Path:
-    """``metadata_camera.jsonl``: ``clips`` extra moving-camera clips with bold background textures (in
-    ``camera_extra/``; without extra clips, the training set's moving-camera clips) plus 15 % static ones
+def prepare_camera_data(root: str | Path, clips: int, seed: int, textures: str = "floor") -> Path:
+    """``metadata_camera.jsonl``: ``clips`` extra moving-camera clips filmed over the floor (in
+    ``camera_floor/``; without extra clips, the training set's moving-camera clips) plus 15 % static ones
     from the training set, each with its camera as a preset-convention pose file
     (``kinema.shapes.camera.preset_poses``: what ``kinema generate --camera pan_left`` passes).
 
-    Bold textures (``world.BOLD_PERIOD_SCALE``): the default faint, fine textures barely change the latents,
-    so camera motion is a small share of the flow loss (docs/shapesworld-model.md). ``textures="floor"``
-    films the extra clips over the floor (``world.FLOOR_SQUARE_PX``) instead, in ``camera_floor/``."""
+    The floor (``world.FLOOR_SQUARE_PX``): on random textures a small model draws the background in place
+    whatever the camera says; the floor's pattern follows from the camera alone (docs/shapesworld-model.md,
+    session 14). ``textures="bold"`` (``world.BOLD_PERIOD_SCALE``, before session 14) writes
+    ``camera_extra/`` with coarser, stronger random textures instead."""
     if textures not in ("bold", "floor"):
         raise ValueError(f"textures must be 'bold' or 'floor', got {textures!r}")
     from .camera import preset_poses, read_pose_file, write_pose_file
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=1500, help="extra moving-camera clips")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
-        "--textures", choices=("bold", "floor"), default="bold", help="backgrounds of the extra clips"
+        "--textures", choices=("bold", "floor"), default="floor", help="backgrounds of the extra clips"
     )
     p = sub.add_parser("inflate-vae", help="image VAE -> video init: temporal taps into the newest tap")
     p.add_argument("src")
