@@ -387,7 +387,8 @@ def sample_scene(
 
     bold_textures: coarser, stronger background textures (``BOLD_PERIOD_SCALE``, ``BOLD_CONTRAST_SCALE``);
     the same random draws, so a seed gives the same scene with a bolder background.
-    floor: film the scene over the floor (``FLOOR_SQUARE_PX``) whatever background was drawn.
+    floor: film the scene over the floor (``FLOOR_SQUARE_PX``) whatever background was drawn or given;
+    it takes precedence over bold_textures.
 
     split: "train" (never uses held-out combos), "held_out" (only held-out combos) or "all";
     only applies to objects that are sampled, not to ones given in ``spec``.
