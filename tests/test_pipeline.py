@@ -690,3 +690,88 @@ def test_models_trained_on_warped_noise_start_from_noise_warped_along_the_camera
     expected = warped_noise(motion, tuple(plain.shape[1:]), gen(12))
     torch.testing.assert_close(first[0][0], expected, rtol=0, atol=0)
     assert max_diff(first[0], plain) > 0.5
+
+
+def test_camera_guidance_adds_w_times_the_camera_minus_a_still_camera(pipes, monkeypatch, tmp_path):
+    """camera_guidance_scale w (kinema extension): one more row per step, the positive prompt with the camera
+    held at its first pose (Plücker latents of frame 0 throughout, frame 0's RoPE motion), and
+    pred = CFG + w * (camera - still). One flow step is linear in pred, so the latents move by exactly w
+    times one difference; a camera that does not move gets no push; w = 0 is the plain sampler."""
+    from kinema.control.camera import camera_preset, write_pose_file
+
+    pipe = pipes["camera"]
+    tr = pipe.transformer
+    monkeypatch.setattr(tr.config, "camera_rope_depth", 4.0)
+    one = {**COMMON, "num_inference_steps": 1}
+    calls: list = []
+    original = tr.forward
+
+    def spy(latents, timestep, text, **kwargs):
+        calls.append(
+            (latents.clone(), text.clone(), kwargs["control_latents"].clone(), kwargs["camera_motion"])
+        )
+        return original(latents, timestep, text, **kwargs)
+
+    monkeypatch.setattr(tr, "forward", spy)
+
+    def run(w, camera="pan_left"):
+        return pipe("a street", camera=camera, camera_guidance_scale=w, generator=gen(3), output_type="latent",
+                    **one).frames  # fmt: skip
+
+    base = run(0.0)
+    assert len(calls) == 1 and calls[0][0].shape[0] == 2  # w = 0: the plain CFG batch
+    w1, w2 = run(1.0), run(2.0)
+    latents, text, control, motion = calls[1]
+    assert latents.shape[0] == 3 and torch.equal(latents[2], latents[1])
+    assert torch.equal(text[2], text[1]) and not torch.equal(text[0], text[1])  # positive prompt, not ''
+    plucker = control[:, :6]
+    assert max_diff(plucker[1, :, -1], plucker[1, :, 0]) > 1e-2  # the asked camera moves
+    torch.testing.assert_close(plucker[2], plucker[1, :, :1].expand_as(plucker[2]), rtol=0, atol=0)
+    assert torch.equal(control[2, 6:], control[1, 6:])  # same reference channels
+    assert torch.equal(motion[1], motion[0]) and torch.equal(motion[2], motion[0, :1].expand_as(motion[2]))
+    push = w1 - base
+    assert max_diff(w1, base) > 1e-3
+    torch.testing.assert_close(w2 - base, 2 * push, rtol=0, atol=1e-5)
+    # Without CFG: [camera, still] and pred = camera + w * (camera - still).
+    no_cfg = {**one, "guidance_scale": 1.0}
+    calls.clear()
+    pipe(
+        "a street",
+        camera="pan_left",
+        camera_guidance_scale=1.0,
+        generator=gen(3),
+        output_type="latent",
+        **no_cfg,
+    )
+    assert calls[0][0].shape[0] == 2
+    # A still camera: nothing to push along.
+    still = tmp_path / "still.txt"
+    write_pose_file(still, [camera_preset("pan_left", FRAMES)[0]] * FRAMES)
+    torch.testing.assert_close(run(2.0, str(still)), run(0.0, str(still)), rtol=0, atol=1e-5)
+    # The model folder's default applies when the caller leaves it unset (None).
+    monkeypatch.setattr(pipe, "default_camera_guidance_scale", 1.0)
+    default = pipe("a street", camera="pan_left", generator=gen(3), output_type="latent", **one).frames
+    torch.testing.assert_close(default, w1, rtol=0, atol=0)
+    for w, message in ((-1.0, "finite number >= 0"), (float("nan"), "finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            run(w)
+    with pytest.raises(ValueError, match="needs a camera"):
+        pipes["t2v"]("x", camera_guidance_scale=1.0, **one)
+
+
+def test_camera_guidance_default_comes_from_the_model_folder(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(folders["camera"], folder)
+    assert load_pipeline(folder).default_camera_guidance_scale == 0.0
+    index = json.loads((folder / "model_index.json").read_text())
+    for value in (1.5, 2):
+        index["_kinema_defaults"] = {"camera_guidance_scale": value}
+        (folder / "model_index.json").write_text(json.dumps(index))
+        assert load_pipeline(folder).default_camera_guidance_scale == float(value)
+    for bad in (-1, "1", True):
+        index["_kinema_defaults"] = {"camera_guidance_scale": bad}
+        (folder / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(ValueError, match="camera_guidance_scale is .*finite number >= 0"):
+            load_pipeline(folder)

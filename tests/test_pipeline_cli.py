@@ -117,6 +117,8 @@ def test_one_frame_is_a_png_and_seed_reproduces(models, tmp_path):
         ("t2v", ["--camera", "pan_left"], "Control-Camera model"),
         ("camera", ["--camera", "{m}/bad_poses.txt"], "bad_poses.txt"),
         ("camera", ["--camera", "spin_around"], "spin_around"),
+        ("camera", ["--camera-guidance", "1"], "needs --camera"),
+        ("camera", ["--camera", "pan_left", "--camera-guidance", "-1"], "finite number >= 0"),
         ("control", ["--trajectory", "{m}/junk.png"], "junk.png"),
         ("t2v", ["--sampler", "pndm"], "no flow-matching mode"),
         ("t2v", ["--lora", "{m}/tracks.json"], "safetensors"),

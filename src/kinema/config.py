@@ -51,6 +51,11 @@ class GenerationConfig:
     camera: str | None = _f(
         None, "camera preset (e.g. pan_left, zoom_in, pan_up+pan_left) or CameraCtrl pose file"
     )
+    camera_guidance: float | None = _f(
+        None,
+        "Camera models: push the video along the asked camera, away from a still one (0 = off; "
+        "default: the model's, 0 for EasyAnimate weights)",
+    )
     chunk_frames: int | None = _f(
         None, "long video: generate in I2V chunks of this many frames (4k+1; InP models), chained"
     )
@@ -106,6 +111,13 @@ class GenerationConfig:
             raise ValueError(f"--strength {self.strength}: a strength below 1 needs --video (V2V)")
         if not (0.0 <= self.guidance_rescale <= 1.0):
             raise ValueError(f"--guidance-rescale {self.guidance_rescale}: must be in [0, 1]")
+        if self.camera_guidance is not None:
+            if not math.isfinite(self.camera_guidance) or self.camera_guidance < 0:
+                raise ValueError(f"--camera-guidance {self.camera_guidance}: must be a finite number >= 0")
+            if self.camera_guidance > 0 and not self.camera:
+                raise ValueError(
+                    f"--camera-guidance {self.camera_guidance}: needs --camera (a preset or pose file)"
+                )
         if self.fps < 1:
             raise ValueError(f"--fps {self.fps}: must be >= 1")
         if self.chunk_frames is not None:

@@ -289,3 +289,14 @@ def model_default_flag(model_index: dict, name: str, source: str = "model_index.
             "Fix: correct it or remove the key."
         )
     return value
+
+
+def model_default_scale(model_index: dict, name: str, source: str = "model_index.json") -> float:
+    """A guidance-like generation default a model folder sets (``"_kinema_defaults": {name: 1.0}``), else 0."""
+    value = (model_index.get("_kinema_defaults") or {}).get(name, 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{source}: _kinema_defaults.{name} is {value!r}; it must be a finite number >= 0. "
+            "Fix: correct it or remove the key."
+        )
+    return float(value)

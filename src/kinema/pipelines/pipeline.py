@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinema.sizes import model_default_flag, model_default_frames, validate_size
+from kinema.sizes import model_default_flag, model_default_frames, model_default_scale, validate_size
 
-from .loading import MODEL_TYPE_NAMES, default_device, model_type_from_channels
+from .loading import MODEL_TYPE_NAMES, PLUCKER_CHANNELS, default_device, model_type_from_channels
 from .memory import (
     DTYPE_BYTES,
     MEMORY_MODES,
@@ -301,6 +301,7 @@ class VideoPipeline:
         # A model trained at another length names it (e.g. the embedded ShapesWorld model: 17 frames).
         self.default_num_frames = model_default_frames(self.model_index)
         self.default_keep_known_frames = model_default_flag(self.model_index, "keep_known_frames")
+        self.default_camera_guidance_scale = model_default_scale(self.model_index, "camera_guidance_scale")
         self.lora: dict[str, Any] | None = None
         self.progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
@@ -563,6 +564,7 @@ class VideoPipeline:
         ref_image: MediaInput = None,
         trajectory: Any = None,
         camera: Any = None,
+        camera_guidance_scale: float | None = None,
         chunk_frames: int | None = None,
         overlap_frames: int = 4,
         keep_known_frames: bool | None = None,
@@ -585,6 +587,12 @@ class VideoPipeline:
         frames (I2V's start image; the kept head of a long-video chunk) are replaced by those frames'
         latents, noised to the step's level, so the output starts exactly with them. ``None`` = the
         model folder's default (``_kinema_defaults.keep_known_frames``), else off, as EasyAnimate.
+
+        ``camera_guidance_scale`` w (Camera models): each step also predicts with the camera held still
+        at its first pose (text kept) and adds ``w * (prediction - still prediction)``, on top of
+        classifier-free guidance: a small Camera model moves the scene the right way but too little, and
+        this pushes it along the asked camera. One more transformer pass per step (batch 3 with CFG).
+        ``None`` = the model folder's default (``_kinema_defaults.camera_guidance_scale``), else 0 (off).
         """
         started = time.perf_counter()
         self._interrupt = False
@@ -612,6 +620,13 @@ class VideoPipeline:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if not (0.0 <= guidance_rescale <= 1.0):
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        if camera_guidance_scale is not None:
+            if not np.isfinite(camera_guidance_scale) or camera_guidance_scale < 0:
+                raise ValueError(
+                    f"camera_guidance_scale must be a finite number >= 0, got {camera_guidance_scale}"
+                )
+            if camera_guidance_scale > 0 and camera is None:
+                raise ValueError("camera_guidance_scale needs a camera (camera=preset or pose file)")
         if prompt is None and prompt_embeds is None:
             raise ValueError("pass prompt (a string, '' for unconditional) or prompt_embeds")
         if prompt is not None and prompt_embeds is not None:
@@ -684,6 +699,9 @@ class VideoPipeline:
             keep_known_frames=self.default_keep_known_frames
             if keep_known_frames is None
             else keep_known_frames,
+            camera_guidance_scale=self.default_camera_guidance_scale
+            if camera_guidance_scale is None
+            else camera_guidance_scale,
             callback=callback,
         )
         long_video = chunk_frames is not None and chunk_frames < cond.frames
@@ -709,6 +727,11 @@ class VideoPipeline:
                 "height": cond.height,
                 "width": cond.width,
                 "frames": cond.frames,
+                **(
+                    {"camera_guidance_scale": common["camera_guidance_scale"]}
+                    if cond.camera is not None
+                    else {}
+                ),
                 "seconds": time.perf_counter() - started,
             },
         )
@@ -737,6 +760,7 @@ class VideoPipeline:
             ref_image=config.reference_image,
             trajectory=config.trajectory,
             camera=config.camera,
+            camera_guidance_scale=config.camera_guidance,
             chunk_frames=config.chunk_frames,
             overlap_frames=config.overlap_frames,
             keep_known_frames=config.keep_known_frames,
@@ -872,6 +896,7 @@ class VideoPipeline:
         noise_aug_strength,
         callback,
         keep_known_frames=False,
+        camera_guidance_scale=0.0,
         latents=None,
     ) -> tuple[torch.Tensor, int, int]:
         """Sample latents; returns (latents, steps done, steps planned)."""
@@ -925,6 +950,25 @@ class VideoPipeline:
         if do_cfg:
             inpaint_latents = None if inpaint_latents is None else torch.cat([inpaint_latents] * 2)
             control_latents = None if control_latents is None else torch.cat([control_latents] * 2)
+        camera_motion = None if cond.camera_motion is None else cond.camera_motion.to(self.device)
+        guide_camera = camera_guidance_scale > 0 and cond.camera is not None
+        if guide_camera:
+            # A camera held at its first pose: Plücker rays are relative to frame 0, so every latent frame
+            # equals latent frame 0; on camera-aware RoPE models, frame 0's (identity) motion throughout.
+            still = control_latents[-batch:].clone()
+            still[:, :PLUCKER_CHANNELS] = still[:, :PLUCKER_CHANNELS, :1].expand_as(
+                still[:, :PLUCKER_CHANNELS]
+            )
+            control_latents = torch.cat([control_latents, still])
+            embeds = torch.cat([embeds, embeds[-batch:]])
+            if camera_motion is not None:
+                n = control_latents.shape[0] - batch
+                camera_motion = torch.cat(
+                    [
+                        camera_motion.expand(n, -1, -1),
+                        camera_motion[:, :1].expand(batch, camera_motion.shape[1], -1),
+                    ]
+                )
 
         step_kwargs = {}
         step_params = set(inspect.signature(scheduler.step).parameters)
@@ -933,9 +977,7 @@ class VideoPipeline:
         progress = {"total": len(timesteps), "desc": "sampling", "leave": False, **self.progress_bar_config}
         from tqdm.auto import tqdm
 
-        camera_kwargs = (
-            {} if cond.camera_motion is None else {"camera_motion": cond.camera_motion.to(self.device)}
-        )
+        camera_kwargs = {} if camera_motion is None else {"camera_motion": camera_motion}
         done = 0
         whole = self.active_memory_mode in ("model_offload", "fp8_offload")
         with on_device(self.transformer, self.device, whole):
@@ -943,7 +985,7 @@ class VideoPipeline:
                 for i, timestep in enumerate(timesteps):
                     if self._interrupt:
                         break
-                    model_input = torch.cat([latents] * 2) if do_cfg else latents
+                    model_input = torch.cat([latents] * ((2 if do_cfg else 1) + guide_camera))
                     if hasattr(scheduler, "scale_model_input"):
                         model_input = scheduler.scale_model_input(model_input, timestep)
                     t_batch = timestep.reshape(1).expand(model_input.shape[0]).to(model_input.dtype)
@@ -957,11 +999,16 @@ class VideoPipeline:
                     ).float()
                     if pred.shape[1] != self.latent_channels:  # learned-variance models: keep the mean
                         pred = pred[:, : self.latent_channels]
+                    if guide_camera:
+                        pred, still_pred = pred[:-batch], pred[-batch:]
+                    text = pred[-batch:]
                     if do_cfg:
-                        uncond, text = pred.chunk(2)
+                        uncond = pred[:batch]
                         pred = uncond + guidance_scale * (text - uncond)
-                        if guidance_rescale > 0:
-                            pred = _rescale_guidance(pred, text, guidance_rescale)
+                    if guide_camera:
+                        pred = pred + camera_guidance_scale * (text - still_pred)
+                    if do_cfg and guidance_rescale > 0:
+                        pred = _rescale_guidance(pred, text, guidance_rescale)
                     latents = scheduler.step(pred, timestep, latents, return_dict=False, **step_kwargs)[
                         0
                     ].float()
