@@ -204,7 +204,7 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     from kinema.pipelines import load_pipeline
     from kinema.pipelines.random_model import build_random_model
     from kinema.shapes.embedded import family_transformer
-    from kinema.shapes.recipe import export_family
+    from kinema.shapes.recipe import CAMERA_GUIDANCE, export_family
 
     runs = tmp_path / "runs"
     for run, kind in (("t2v_p1", "t2v"), ("inp", "inp"), ("control", "control"), ("camera", "camera")):
@@ -230,6 +230,8 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
 
     assert main(["export", str(runs), str(tmp_path / "bad"), "--text-encoder", str(tmp_path / "text"),
                  "--inp-alpha", "1.5"]) == 2  # fmt: skip
+    assert main(["export", str(runs), str(tmp_path / "bad"), "--text-encoder", str(tmp_path / "text"),
+                 "--camera-guidance", "-1"]) == 2  # fmt: skip
     assert not (tmp_path / "bad").exists()
     assert not (out / "tokenizer" / "tokenizer.json").exists()  # named, rebuilt from qwen.tiktoken
     for name in ("transformer", "transformer_control", "transformer_camera"):
@@ -238,6 +240,7 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     assert family_transformer(out, "camera") == out / "transformer_camera"
     pipe = load_pipeline(out)
     assert pipe.default_num_frames == 17 and pipe.model_type == "inp"
+    assert pipe.default_camera_guidance_scale == CAMERA_GUIDANCE > 0
     assert pipe.transformer.proj.weight.dtype == torch.float32  # bf16 storage, fp32 compute on CPU
 
 
