@@ -473,6 +473,11 @@ def test_memory_estimate_and_auto_choice():
     assert choose_memory_mode(est, 16e9, "cuda")[0] in ("fp8_offload", "sequential_offload")
     with pytest.raises(ValueError, match="GB"):
         choose_memory_mode(est, 1e9, "cpu")
+    # Camera guidance's still-camera row: the transformer activations of 3 rows instead of 2.
+    kw = dict(transformer_params=12e9, transformer_width=3072, text_encoder_params=7.6e9, vae_params=0.2e9,
+              vae_first_width=128, height=720, width=1280, frames=49, dtype_bytes=2)  # fmt: skip
+    two, three = estimate_memory(**kw), estimate_memory(**kw, extra_rows=1)
+    assert three.transformer_activations == pytest.approx(1.5 * two.transformer_activations)
 
 
 LORA_TARGETS = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]

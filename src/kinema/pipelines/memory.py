@@ -200,11 +200,12 @@ def estimate_memory(
     cfg: bool = True,
     dtype_bytes: int = 4,
     vae_tile: int = 256,
+    extra_rows: int = 0,
 ) -> MemoryEstimate:
     """Peak memory of one generation, by parts (bytes). The formula (documented in docs/pipelines.md):
 
     * weights: params x bytes per param (fp8: 1 byte + a 4-byte scale per row, ~1.0 x params);
-    * transformer: ``B * (S_video + S_text) * width * k`` with B = 2 under CFG, ``S_video`` =
+    * transformer: ``B * (S_video + S_text) * width * k`` with B = 2 under CFG (+ ``extra_rows``, e.g. camera guidance's still-camera row), ``S_video`` =
       latent frames x (H/16) x (W/16) and k = 48 bytes (fp32) / 32 (bf16): fp32 residual streams,
       q/k/v, the 4x-wide feed-forward hidden state and its activation;
     * VAE decode: ``6 * 8 * H * W * C0 * bytes`` (6 live full-resolution tensors, 8 frames per
@@ -215,7 +216,7 @@ def estimate_memory(
     """
     lat_frames = (frames - 1) // 4 + 1
     video_tokens = lat_frames * (height // 16) * (width // 16)
-    batch = 2 if cfg else 1
+    batch = (2 if cfg else 1) + extra_rows
     act_k = TRANSFORMER_ACT_BYTES_PER_TOKEN_DIM.get(dtype_bytes, 48.0)
     transformer_act = batch * (video_tokens + text_tokens) * transformer_width * act_k
     out_video = frames * 3 * height * width * 4

@@ -378,13 +378,15 @@ class VideoPipeline:
             self.vae.enable_tiling() if vae_tiling else self.vae.disable_tiling()
         self.active_memory_mode = mode
 
-    def _resolve_memory(self, height: int, width: int, frames: int, guidance_scale: float, vae_tiling) -> str:
+    def _resolve_memory(
+        self, height: int, width: int, frames: int, guidance_scale: float, vae_tiling, extra_rows: int = 0
+    ) -> str:
         """The memory mode for this request: ``auto`` decides from the estimate, others are kept."""
         if self.memory_mode != "auto":
             if vae_tiling is not None:
                 self.vae.enable_tiling() if vae_tiling else self.vae.disable_tiling()
             return self.active_memory_mode
-        estimate = self.estimate_memory(height, width, frames, guidance_scale)
+        estimate = self.estimate_memory(height, width, frames, guidance_scale, extra_rows)
         chosen, tiling = choose_memory_mode(estimate, available_memory(self.device), self.device.type)
         tiling = tiling if vae_tiling is None else vae_tiling
         if chosen != self.active_memory_mode:
@@ -393,7 +395,9 @@ class VideoPipeline:
             self.vae.enable_tiling() if tiling else self.vae.disable_tiling()
         return chosen
 
-    def estimate_memory(self, height: int, width: int, frames: int, guidance_scale: float = 6.0):
+    def estimate_memory(
+        self, height: int, width: int, frames: int, guidance_scale: float = 6.0, extra_rows: int = 0
+    ):
         """Estimated peak memory of a request with this pipeline's models (see memory.estimate_memory)."""
         text_params = 0
         if self.text_encoder is not None and self.text_encoder.model is not None:
@@ -411,6 +415,7 @@ class VideoPipeline:
             frames=frames,
             cfg=guidance_scale > 1.0,
             dtype_bytes=DTYPE_BYTES.get(self.dtype, 4),
+            extra_rows=extra_rows,
         )
 
     # ---- request resolution (cheap, before heavy work) --------------------------------------------
@@ -672,7 +677,12 @@ class VideoPipeline:
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)  # recorded in the output
             generator = torch.Generator("cpu").manual_seed(seed)
-        memory_mode = self._resolve_memory(cond.height, cond.width, cond.frames, guidance_scale, vae_tiling)
+        if camera_guidance_scale is None:
+            camera_guidance_scale = self.default_camera_guidance_scale
+        guide_camera = camera_guidance_scale > 0 and cond.camera is not None
+        memory_mode = self._resolve_memory(
+            cond.height, cond.width, cond.frames, guidance_scale, vae_tiling, extra_rows=int(guide_camera)
+        )
 
         # -- text
         do_cfg = guidance_scale > 1.0
@@ -699,9 +709,7 @@ class VideoPipeline:
             keep_known_frames=self.default_keep_known_frames
             if keep_known_frames is None
             else keep_known_frames,
-            camera_guidance_scale=self.default_camera_guidance_scale
-            if camera_guidance_scale is None
-            else camera_guidance_scale,
+            camera_guidance_scale=camera_guidance_scale,
             callback=callback,
         )
         long_video = chunk_frames is not None and chunk_frames < cond.frames
