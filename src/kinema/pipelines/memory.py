@@ -205,9 +205,10 @@ def estimate_memory(
     """Peak memory of one generation, by parts (bytes). The formula (documented in docs/pipelines.md):
 
     * weights: params x bytes per param (fp8: 1 byte + a 4-byte scale per row, ~1.0 x params);
-    * transformer: ``B * (S_video + S_text) * width * k`` with B = 2 under CFG (+ ``extra_rows``, e.g. camera guidance's still-camera row), ``S_video`` =
-      latent frames x (H/16) x (W/16) and k = 48 bytes (fp32) / 32 (bf16): fp32 residual streams,
-      q/k/v, the 4x-wide feed-forward hidden state and its activation;
+    * transformer: ``B * (S_video + S_text) * width * k`` with B = 2 under CFG, plus ``extra_rows``
+      (camera guidance's still-camera row), ``S_video`` = latent frames x (H/16) x (W/16) and k = 48
+      bytes (fp32) / 32 (bf16): fp32 residual streams, q/k/v, the 4x-wide feed-forward hidden state
+      and its activation;
     * VAE decode: ``6 * 8 * H * W * C0 * bytes`` (6 live full-resolution tensors, 8 frames per
       2-latent-frame chunk, C0 = block_out_channels[0]) plus the output video ``F * 3 * H * W * 4``;
       tiled, H and W are replaced by the tile size;

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -239,7 +240,7 @@ def check_inp_alpha(alpha: float) -> None:
 
 
 def check_camera_guidance(w: float) -> None:
-    if not (w >= 0 and w < float("inf")):
+    if not (math.isfinite(w) and w >= 0):
         raise ValueError(f"--camera-guidance must be a finite number >= 0 (0: off), got {w}")
 
 
