@@ -14,7 +14,7 @@
 #      (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
 #   4. transformers: a T2V base at patch size 1 (object cells weighted), then the branches from it:
-#      the InP root (T2V + I2V), Control (trajectory) and Camera
+#      the InP root (T2V + I2V; blended with the base, then continued), Control (trajectory) and Camera
 #   5. export the family, benchmark it on held-out prompts (kinema eval), install into
 #      src/kinema/shapes/embedded/
 # See docs/shapesworld-model.md for the design, the budget and the measurements.
@@ -69,6 +69,9 @@ if [ -n "$TEXT_PID" ]; then
 fi
 train configs/shapes/t2v_p1.toml t2v_p1    # the T2V base every member branches from
 train configs/shapes/inp.toml inp
+# The InP branch blended half-way with the base (WiSE-FT), then trained on: the member export installs.
+[ -f "$RUNS/inp_blend/config.json" ] || "$PY" -m kinema.shapes.recipe blend-inp "$RUNS" "$RUNS/inp_blend"
+train configs/shapes/inp_more.toml inp_more
 train configs/shapes/control.toml control
 train configs/shapes/camera.toml camera
 

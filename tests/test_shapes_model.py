@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,6 +243,31 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     assert pipe.default_num_frames == 17 and pipe.model_type == "inp"
     assert pipe.default_camera_guidance_scale == CAMERA_GUIDANCE > 0
     assert pipe.transformer.proj.weight.dtype == torch.float32  # bf16 storage, fp32 compute on CPU
+
+    # Since session 16 the recipe continues the blend (recipe blend-inp -> configs/shapes/inp_more.toml) and
+    # export installs that run's InP unblended.
+    assert main(["blend-inp", str(runs), str(runs / "inp_blend"), "--inp-alpha", "-0.1"]) == 2
+    assert not (runs / "inp_blend").exists()
+    assert main(["blend-inp", str(runs), str(runs / "inp_blend")]) == 0
+    start = VideoTransformer.from_pretrained(runs / "inp_blend").state_dict()
+    reference = interpolate_weights(inp, base, 0.5).state_dict()
+    assert all(torch.equal(start[k], v) for k, v in reference.items())
+    more = build_random_model(tmp_path / "more", "inp", seed=3)
+    shutil.copytree(more / "transformer", runs / "inp_more" / "final" / "transformer_ema")
+    out = export_family(runs, tmp_path / "export", text_encoder=tmp_path / "text")
+    exported = VideoTransformer.from_pretrained(out / "transformer").state_dict()
+    trained = VideoTransformer.from_pretrained(more / "transformer").to(torch.bfloat16).state_dict()
+    assert all(torch.equal(exported[k].to(torch.bfloat16), v) for k, v in trained.items())
+
+
+def test_shipped_training_configs_are_valid():
+    """Every config the README and recipe name loads and validates (paths are checked at run time)."""
+    from kinema.training.config import load_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.toml"))
+    assert len(configs) >= 10
+    for path in configs:
+        load_config(path)
 
 
 def test_object_region_weight_marks_the_cells_on_the_track():

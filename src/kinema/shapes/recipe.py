@@ -244,6 +244,34 @@ def check_camera_guidance(w: float) -> None:
         raise ValueError(f"--camera-guidance must be a finite number >= 0 (0: off), got {w}")
 
 
+def _final(runs: Path, run: str, part: str) -> Path:
+    """The run's finished weights: its EMA copy when it kept one."""
+    for name in (f"{part}_ema", part):
+        folder = runs / run / "final" / name
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(f"{runs / run / 'final'}: no {part}/ (did the run finish?)")
+
+
+def blend_inp(runs: str | Path, out: str | Path, inp_alpha: float = INP_BASE_ALPHA) -> Path:
+    """Write the InP branch blended with its T2V base (``alpha * inp + (1 - alpha) * base``, fp32): the
+    start of the InP continuation stage (configs/shapes/inp_more.toml, "Session 16")."""
+    from kinema.models import VideoTransformer
+    from kinema.training import interpolate_weights
+
+    check_inp_alpha(inp_alpha)
+    runs, out = Path(runs), Path(out)
+    model = VideoTransformer.from_pretrained(_final(runs, "inp", "transformer"))
+    base = VideoTransformer.from_pretrained(_final(runs, "t2v_p1", "transformer"))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    interpolate_weights(model, base, inp_alpha).save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def export_family(
     runs: str | Path,
     out: str | Path,
@@ -253,8 +281,10 @@ def export_family(
 ) -> Path:
     """Assemble the embedded model family from the recipe's run folders (see kinema.shapes.embedded).
 
-    ``inp_alpha`` < 1 blends the InP branch with its T2V base (``runs/t2v_p1``): ``alpha * inp + (1 -
-    alpha) * base``. ``camera_guidance`` is the family's default camera guidance (model_index.json)."""
+    The InP member is the continuation stage's (``runs/inp_more``, trained from :func:`blend_inp`'s
+    output) when that run exists; else, for run folders from before session 16, ``inp_alpha`` < 1 blends the
+    InP branch with its T2V base here. ``camera_guidance`` is the family's default camera guidance
+    (model_index.json)."""
     import torch
 
     from kinema.models import VideoTransformer
@@ -270,18 +300,15 @@ def export_family(
     tmp.mkdir(parents=True)
 
     def final(run: str, part: str) -> Path:
-        for name in (f"{part}_ema", part):
-            folder = runs / run / "final" / name
-            if folder.is_dir():
-                return folder
-        raise FileNotFoundError(f"{runs / run / 'final'}: no {part}/ (did the run finish?)")
+        return _final(runs, run, part)
 
+    inp_run = "inp_more" if (runs / "inp_more" / "final").is_dir() else "inp"
     # The decoder-refined VAE (same encoder as finalize_vae's output, which the transformers saw).
     shutil.copytree(final("vae_decoder", "vae"), tmp / "vae")
     # Transformers stored in bf16 (half the bytes; loaded back to fp32 on CPU): the three of them
     # would take 44 MB of the 40 MB budget in fp32.
     for run, name in (
-        ("inp", "transformer"),
+        (inp_run, "transformer"),
         ("control", "transformer_control"),
         ("camera", "transformer_camera"),
     ):
@@ -355,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         "--more-steps", type=int, default=TEXT_MORE_STEPS, help="second cycle at a lower lr (0: none)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("blend-inp", help="the InP branch blended with its T2V base: the continuation's start")
+    p.add_argument("runs")
+    p.add_argument("out")
+    p.add_argument("--inp-alpha", type=float, default=INP_BASE_ALPHA, help="InP weight against its T2V base")
     p = sub.add_parser("export", help="assemble the embedded model family from the run folders")
     p.add_argument("runs")
     p.add_argument("out")
@@ -363,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inp-alpha",
         type=float,
         default=INP_BASE_ALPHA,
-        help="InP weight against its T2V base (1: InP alone)",
+        help="InP weight against its T2V base (1: InP alone; unused when runs/inp_more exists)",
     )
     p.add_argument(
         "--camera-guidance",
@@ -406,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
         build_text_encoder(args.out, args.data, args.steps, args.seed, args.more_steps)
+    elif args.command == "blend-inp":
+        try:
+            check_inp_alpha(args.inp_alpha)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(blend_inp(args.runs, args.out, args.inp_alpha))
     else:
         try:
             check_inp_alpha(args.inp_alpha)
