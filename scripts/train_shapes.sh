@@ -10,7 +10,8 @@
 #      videos, moving-camera clips with preset-convention poses, metadata variants;
 #      the small text encoder, pre-trained on the training scenes' prompts, then frozen (bf16 weights)
 #   2. VAE: single frames, then (temporal taps moved into the newest tap: `recipe inflate-vae`)
-#      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and a decoder-only stage
+#      9-frame videos, then fixed log-variance (`recipe finalize-vae`) and two decoder-only stages (the
+#      second with the camera clips' floor)
 #      (configs/shapes/vae_*.toml)
 #   3. gate: held-out 17-frame reconstruction PSNR >= 28 dB, else stop
 #   4. transformers: a T2V base at patch size 1 (object cells weighted), then the branches from it:
@@ -37,7 +38,8 @@ train() {  # train CONFIG RUN: skip a finished run, resume an interrupted one
 stamp "data"
 # metadata_camera.jsonl is written last (temporary file + rename): its presence means the set is complete
 # (a set from before session 9 lacks metadata_t2v.jsonl: `recipe data` then adds only that).
-[ -f "$RUNS/data/metadata_camera.jsonl" ] && [ -f "$RUNS/data/metadata_t2v.jsonl" ] ||
+[ -f "$RUNS/data/metadata_camera.jsonl" ] && [ -f "$RUNS/data/metadata_t2v.jsonl" ] &&
+    [ -f "$RUNS/data/metadata_vae_floor.jsonl" ] ||
     "$PY" -m kinema.shapes.recipe data "$RUNS/data" --clips "$CLIPS"
 # The text encoder (two cycles, 1500 + 3000 steps, ~18 min on one thread) trains beside the VAE stages;
 # the T2V base is the first step that reads it. pretrain.json is written last: its presence means done.
@@ -59,8 +61,10 @@ train configs/shapes/vae_video.toml vae_video
     "$PY" -m kinema.shapes.recipe finalize-vae "$RUNS/vae_video/final/vae_ema" "$RUNS/vae" --data "$RUNS/data"
 # Decoder-only refinement (encoder frozen: the latent space above does not move).
 train configs/shapes/vae_decoder.toml vae_decoder
+# ...then once more with the camera clips' floor in the mix (session 17).
+train configs/shapes/vae_decoder_floor.toml vae_decoder_floor
 stamp "VAE gate"
-"$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder/final/vae_ema" --clips 32 --min-psnr 28
+"$PY" -m kinema.shapes.vae_check "$RUNS/vae_decoder_floor/final/vae_ema" --clips 32 --min-psnr 28
 
 if [ -n "$TEXT_PID" ]; then
     stamp "waiting for the text encoder"

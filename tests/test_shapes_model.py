@@ -92,6 +92,15 @@ def test_recipe_data_step(tmp_path):
     assert len((root / "metadata_t2v.jsonl").read_text().splitlines()) == 6
     assert (root / "metadata_camera.jsonl").stat().st_mtime_ns == before
     assert main(["data", str(root), "--simple-clips", "-1"]) == 2
+    # The VAE decoder's floor stage reads every sample plus the camera clips; an older set gets only that file.
+    floor = [json.loads(line) for line in (root / "metadata_vae_floor.jsonl").read_text().splitlines()]
+    assert [r["file_path"] for r in floor] == [r["file_path"] for r in main_rows + camera]
+    (root / "metadata_vae_floor.jsonl").unlink()
+    assert main(["data", str(root)]) == 0
+    assert (root / "metadata_vae_floor.jsonl").read_text().splitlines() == [
+        json.dumps(r, ensure_ascii=False) for r in floor
+    ]
+    assert (root / "metadata_camera.jsonl").stat().st_mtime_ns == before
 
 
 def test_bold_textures_keep_the_scene_and_enlarge_the_texture():
@@ -254,10 +263,14 @@ def test_export_family_layout_sizes_and_defaults(tmp_path):
     assert all(torch.equal(start[k], v) for k, v in reference.items())
     more = build_random_model(tmp_path / "more", "inp", seed=3)
     shutil.copytree(more / "transformer", runs / "inp_more" / "final" / "transformer_ema")
+    shutil.copytree(more / "vae", runs / "vae_decoder_floor" / "final" / "vae_ema")  # session 17's VAE stage
     out = export_family(runs, tmp_path / "export", text_encoder=tmp_path / "text")
     exported = VideoTransformer.from_pretrained(out / "transformer").state_dict()
     trained = VideoTransformer.from_pretrained(more / "transformer").to(torch.bfloat16).state_dict()
     assert all(torch.equal(exported[k].to(torch.bfloat16), v) for k, v in trained.items())
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        more / "vae" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
 
 
 def test_shipped_training_configs_are_valid():

@@ -11,9 +11,10 @@
 drawn) with ``kinema.shapes.write_dataset`` and adds what the trainer's control and camera modes read:
 a trajectory control video per clip (white Gaussian blobs on the object tracks, rendered by
 ``kinema.control.render_trajectory_video``, the same renderer ``kinema generate --trajectory`` uses) and
-four metadata files: ``metadata.jsonl`` (all samples), ``metadata_t2v.jsonl`` (those plus as many
+five metadata files: ``metadata.jsonl`` (all samples), ``metadata_t2v.jsonl`` (those plus as many
 single-object static-camera clips, ``simple/``: the T2V base's data), ``metadata_control.jsonl`` (videos
-with ``control_file_path``) and ``metadata_camera.jsonl`` (videos with ``camera_file_path``).
+with ``control_file_path``), ``metadata_camera.jsonl`` (videos with ``camera_file_path``) and
+``metadata_vae_floor.jsonl`` (all samples plus the camera clips: the VAE decoder's floor stage).
 
 ``finalize-vae`` turns the deterministically trained autoencoder into the VAE the transformers use: the
 log-variance half of ``quant_conv`` is set to a constant -30 (std 3e-7), so the trainer's posterior
@@ -163,7 +164,18 @@ def prepare_camera_data(root: str | Path, clips: int, seed: int, textures: str =
         name = "poses_preset/" + rec["file_path"].replace("/", "_").replace(".mp4", ".txt")
         write_pose_file(root / name, preset_poses(rec["camera"], read_pose_file(root / rec["pose_file"])))
         out.append({**rec, "camera_file_path": name})
-    return _write_jsonl(root / "metadata_camera.jsonl", out)
+    write_vae_floor_metadata(root, out)
+    return _write_jsonl(root / "metadata_camera.jsonl", out)  # last: its presence means the set is complete
+
+
+def write_vae_floor_metadata(root: str | Path, camera_rows: list[dict] | None = None) -> Path:
+    """``metadata_vae_floor.jsonl``: every training sample plus the camera clips (floor ones among them),
+    the data of the VAE decoder's floor stage (configs/shapes/vae_decoder_floor.toml, "Session 17")."""
+    root = Path(root)
+    if camera_rows is None:
+        lines = (root / "metadata_camera.jsonl").read_text(encoding="utf-8").splitlines()
+        camera_rows = [json.loads(line) for line in lines if line.strip()]
+    return _write_jsonl(root / "metadata_vae_floor.jsonl", list(load_metadata(root)) + list(camera_rows))
 
 
 FIXED_LOGVAR = -30.0
@@ -304,7 +316,9 @@ def export_family(
 
     inp_run = "inp_more" if (runs / "inp_more" / "final").is_dir() else "inp"
     # The decoder-refined VAE (same encoder as finalize_vae's output, which the transformers saw).
-    shutil.copytree(final("vae_decoder", "vae"), tmp / "vae")
+    # (Since session 17 refined once more on a mix with the floor clips, when that run exists.)
+    vae_run = "vae_decoder_floor" if (runs / "vae_decoder_floor" / "final").is_dir() else "vae_decoder"
+    shutil.copytree(final(vae_run, "vae"), tmp / "vae")
     # Transformers stored in bf16 (half the bytes; loaded back to fp32 on CPU): the three of them
     # would take 44 MB of the 40 MB budget in fp32.
     for run, name in (
@@ -408,11 +422,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --simple-clips must be >= 0, got {args.simple_clips}", file=sys.stderr)
             return 2
         if (Path(args.root) / "metadata_camera.jsonl").is_file():
+            done = True
             if not (Path(args.root) / "metadata_t2v.jsonl").is_file():  # a set written before session 9
                 clips = args.clips if args.simple_clips is None else args.simple_clips
                 print(prepare_t2v_data(args.root, clips, args.seed + SIMPLE_SEED_OFFSET))
-                return 0
-            print(f"{args.root}: already written")
+                done = False
+            if not (Path(args.root) / "metadata_vae_floor.jsonl").is_file():  # a set from before session 17
+                print(write_vae_floor_metadata(args.root))
+                done = False
+            if done:
+                print(f"{args.root}: already written")
             return 0
         prepare_data(args.root, args.clips, args.seed, args.image_fraction, simple_clips=args.simple_clips)
     elif args.command == "camera-data":
