@@ -311,14 +311,11 @@ def export_family(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    def final(run: str, part: str) -> Path:
-        return _final(runs, run, part)
-
     inp_run = "inp_more" if (runs / "inp_more" / "final").is_dir() else "inp"
     # The decoder-refined VAE (same encoder as finalize_vae's output, which the transformers saw).
     # (Since session 17 refined once more on a mix with the floor clips, when that run exists.)
     vae_run = "vae_decoder_floor" if (runs / "vae_decoder_floor" / "final").is_dir() else "vae_decoder"
-    shutil.copytree(final(vae_run, "vae"), tmp / "vae")
+    shutil.copytree(_final(runs, vae_run, "vae"), tmp / "vae")
     # Transformers stored in bf16 (half the bytes; loaded back to fp32 on CPU): the three of them
     # would take 44 MB of the 40 MB budget in fp32.
     for run, name in (
@@ -326,10 +323,10 @@ def export_family(
         ("control", "transformer_control"),
         ("camera", "transformer_camera"),
     ):
-        model = VideoTransformer.from_pretrained(final(run, "transformer"))
+        model = VideoTransformer.from_pretrained(_final(runs, run, "transformer"))
         if run == "inp" and inp_alpha < 1:
             model = interpolate_weights(
-                model, VideoTransformer.from_pretrained(final("t2v_p1", "transformer")), inp_alpha
+                model, VideoTransformer.from_pretrained(_final(runs, "t2v_p1", "transformer")), inp_alpha
             )
         model.to(torch.bfloat16).save_pretrained(tmp / name)
     shutil.copytree(Path(text_encoder) / "text_encoder", tmp / "text_encoder")
